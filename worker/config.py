@@ -1,0 +1,247 @@
+"""The one settings object, read from environment variables and CLI flags.
+
+Every setting has an environment variable and a flag of the same name
+(`ITMGUARD_MAX_BATCH` / `--max-batch`); flags win. Values are parsed and
+checked once, at start, so a bad value stops the process with a message that
+names the setting instead of failing later inside a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from worker.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_FETCH_LIMITS",
+    "PROVIDERS",
+    "SETTINGS",
+    "FetchLimits",
+    "Settings",
+    "SettingSpec",
+]
+
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """What one image may cost to read and decode."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+DEFAULT_FETCH_LIMITS = FetchLimits()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, the scorer and the CLI need to run."""
+
+    kafka_bootstrap: tuple[str, ...] = ("127.0.0.1:9092",)
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/itmguard"
+    bundle: Path | None = None
+    posts_topic: str = "posts"
+    flags_topic: str = "moderation-flags"
+    dlq_topic: str = "posts-dlq"
+    group_id: str = "itmguard"
+    max_batch: int = 32
+    max_wait_ms: int = 200
+    threshold: float | None = None
+    providers: tuple[str, ...] = PROVIDERS
+    trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt"
+    fetch_limits: FetchLimits = field(default_factory=FetchLimits)
+    image_allow_hosts: tuple[str, ...] = ()
+    session_timeout_s: float = 10.0
+    heartbeat_s: float = 1.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], overrides: Mapping[str, str | None] | None = None
+    ) -> Settings:
+        """Build settings from `environ`, with `overrides` (keyed by env name) winning.
+
+        Raises:
+            ConfigError: a value does not parse or is out of range.
+        """
+        raw = {k: v for k, v in environ.items() if k.startswith("ITMGUARD_")}
+        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        values: dict[str, Any] = {}
+        limits: dict[str, Any] = {}
+        for spec in SETTINGS:
+            if spec.env not in raw:
+                continue
+            try:
+                value = spec.parse(raw[spec.env].strip())
+            except ValueError as exc:
+                raise ConfigError(spec.env, raw[spec.env], str(exc)) from None
+            if spec.attr.startswith("fetch_limits."):
+                limits[spec.attr.split(".", 1)[1]] = value
+            else:
+                values[spec.attr] = value
+        if limits:
+            values["fetch_limits"] = FetchLimits(**limits)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_s * 3 > self.session_timeout_s:
+            raise ConfigError(
+                "ITMGUARD_HEARTBEAT_S",
+                self.heartbeat_s,
+                f"must be at most a third of ITMGUARD_SESSION_TIMEOUT_S ({self.session_timeout_s})",
+            )
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["database_url"] = _mask_url(self.database_url)
+        body = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return f"Settings({body})"
+
+
+def _mask_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: None if text == "" else parse(text)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _bootstrap(text: str) -> tuple[str, ...]:
+    servers = tuple(s.removeprefix("kafka://") for s in _csv(text))
+    if not servers:
+        raise ValueError("needs at least one host:port")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{server!r} is not host:port")
+    return servers
+
+
+def _database_url(text: str) -> str:
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ValueError("is not a SQLAlchemy URL (postgresql+psycopg://user@host/db)") from None
+    if url.drivername != "postgresql+psycopg":
+        raise ValueError("must start with postgresql+psycopg:// (Postgres through psycopg 3)")
+    return text
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    names = tuple(p.lower() for p in _csv(text))
+    unknown = [p for p in names if p not in PROVIDERS]
+    if unknown or not names:
+        raise ValueError(f"choose from {', '.join(PROVIDERS)} (comma separated, in order)")
+    return names
+
+
+def _topic(text: str) -> str:
+    if not text or len(text) > 249 or not all(c.isalnum() or c in "._-" for c in text):
+        raise ValueError("a Kafka topic name is 1-249 characters of letters, digits, '.', '_', '-'")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError(f"choose from {', '.join(options)}")
+        return text.lower()
+
+    return parse
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: its env variable, the Settings attribute it fills, its parser."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("ITMGUARD_").lower().replace("_", "-")
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("ITMGUARD_KAFKA_BOOTSTRAP", "kafka_bootstrap", _bootstrap,
+                "Kafka bootstrap servers, host:port[,host:port]"),
+    SettingSpec("ITMGUARD_DATABASE_URL", "database_url", _database_url,
+                "Postgres as a SQLAlchemy URL, postgresql+psycopg://user:pass@host:5432/db"),
+    SettingSpec("ITMGUARD_BUNDLE", "bundle", lambda t: Path(_nonempty(t)),
+                "model bundle directory (model.onnx, tokenizer.json, bundle.json)"),
+    SettingSpec("ITMGUARD_POSTS_TOPIC", "posts_topic", _topic, "topic the post events arrive on"),
+    SettingSpec("ITMGUARD_FLAGS_TOPIC", "flags_topic", _topic, "topic mismatch flags are sent to"),
+    SettingSpec("ITMGUARD_DLQ_TOPIC", "dlq_topic", _topic,
+                "dead-letter topic for posts that could not be scored"),
+    SettingSpec("ITMGUARD_GROUP_ID", "group_id", _topic,
+                "Kafka consumer group shared by all worker replicas"),
+    SettingSpec("ITMGUARD_MAX_BATCH", "max_batch", _int_in(1, 1024),
+                "most posts scored in one model call"),
+    SettingSpec("ITMGUARD_MAX_WAIT_MS", "max_wait_ms", _int_in(1, 60_000),
+                "longest wait, in ms, for a batch to fill before it is scored"),
+    SettingSpec("ITMGUARD_THRESHOLD", "threshold", _optional(_float_in(0.0, 1.0)),
+                "match probability below which a post is a mismatch; empty: the bundle's"),
+    SettingSpec("ITMGUARD_PROVIDERS", "providers", _providers,
+                "ONNX Runtime execution providers allowed, in order of preference"),
+    SettingSpec("ITMGUARD_TRT_CACHE_DIR", "trt_cache_dir", lambda t: Path(_nonempty(t)),
+                "directory for TensorRT engine and timing caches"),
+    SettingSpec("ITMGUARD_IMAGE_MAX_BYTES", "fetch_limits.max_bytes", _int_in(1, 1 << 30),
+                "largest encoded image accepted, in bytes"),
+    SettingSpec("ITMGUARD_IMAGE_MAX_PIXELS", "fetch_limits.max_pixels", _int_in(1, 1 << 32),
+                "largest decoded image accepted, in pixels (width x height)"),
+    SettingSpec("ITMGUARD_IMAGE_ALLOW_HOSTS", "image_allow_hosts", _csv,
+                "image hosts allowed even on private or loopback addresses, comma separated"),
+    SettingSpec("ITMGUARD_SESSION_TIMEOUT_S", "session_timeout_s", _float_in(1.0, 300.0),
+                "Kafka consumer session timeout in seconds"),
+    SettingSpec("ITMGUARD_HEARTBEAT_S", "heartbeat_s", _float_in(0.1, 60.0),
+                "Kafka consumer heartbeat interval in seconds"),
+    SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),
+)

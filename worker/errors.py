@@ -1,0 +1,177 @@
+"""The one exception tree of itmguard.
+
+Callers catch these classes only; foreign errors (SQLAlchemy, ONNX Runtime,
+Pillow, jsonschema) are translated at the edge that meets them.
+
+    ItmguardError
+    ├── ConfigError                 a setting has a bad value; the process stops
+    ├── ExportError                 a checkpoint cannot become a bundle that scores as it does
+    ├── BundleError                 the model bundle cannot be used
+    │   ├── BundleFieldError        bundle.json lacks a field or has a bad value
+    │   ├── BundleFileMissing       model.onnx, tokenizer.json or bundle.json absent
+    │   └── BundleHashMismatch      model.onnx is not the file bundle.json describes
+    ├── InputError                  one post cannot be scored; it gets an `error` verdict
+    │   ├── InvalidJson             the payload is not UTF-8 JSON
+    │   ├── InvalidEvent            the JSON breaks the post-event schema
+    │   ├── ImageTooLarge           encoded image over the byte limit
+    │   ├── ImageTooManyPixels      decoded size over the pixel limit (decompression bomb)
+    │   ├── ImageDecodeFailed       bytes are not a decodable image
+    │   ├── ImageSourceUnsupported  the image source cannot be read by this worker
+    │   └── InferenceFailed         the model raised on this post alone
+    └── InfraError                  something outside the post failed; retried, never dead-lettered
+        ├── DatabaseUnavailable
+        ├── DatabaseNotMigrated     schema not at this release's head; run `itmguard db upgrade`
+        └── BrokerUnavailable
+
+Each `InputError` carries a stable `code`: it becomes the verdict's
+`error_code` and the dead-letter message's `reason`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "BundleError",
+    "BundleFieldError",
+    "BundleFileMissing",
+    "BundleHashMismatch",
+    "ConfigError",
+    "DatabaseNotMigrated",
+    "DatabaseUnavailable",
+    "ExportError",
+    "ImageDecodeFailed",
+    "ImageSourceUnsupported",
+    "ImageTooLarge",
+    "ImageTooManyPixels",
+    "InferenceFailed",
+    "InfraError",
+    "InputError",
+    "InvalidEvent",
+    "InvalidJson",
+    "ItmguardError",
+]
+
+
+class ItmguardError(Exception):
+    """Root of every error itmguard raises on purpose."""
+
+
+class ConfigError(ItmguardError):
+    """A setting has a bad value."""
+
+    def __init__(self, setting: str, value: object, reason: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{setting}={value!r}: {reason}")
+
+
+class ExportError(ItmguardError):
+    """A checkpoint cannot be exported, or its bundle does not score as the checkpoint does."""
+
+    def __init__(self, checkpoint: str, message: str) -> None:
+        self.checkpoint = checkpoint
+        super().__init__(f"cannot export {checkpoint}: {message}")
+
+
+class BundleError(ItmguardError):
+    """The model bundle cannot be used."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"model bundle {path}: {message}")
+
+
+class BundleFileMissing(BundleError):
+    """A file the bundle must hold is absent."""
+
+
+class BundleFieldError(BundleError):
+    """bundle.json lacks a field, or a field has a bad value."""
+
+
+class BundleHashMismatch(BundleError):
+    """model.onnx does not hash to the sha256 recorded in bundle.json."""
+
+    def __init__(self, path: str, *, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            path,
+            f"model.onnx sha256 is {actual} but bundle.json expects {expected}; "
+            "the file was changed or replaced after export",
+        )
+
+
+class InputError(ItmguardError):
+    """One post cannot be scored. Its verdict is `error` with this code."""
+
+    code = "invalid_input"
+
+
+class InvalidJson(InputError):
+    """The payload is not UTF-8 encoded JSON."""
+
+    code = "invalid_json"
+
+
+class InvalidEvent(InputError):
+    """The JSON does not follow the post-event schema."""
+
+    code = "invalid_event"
+
+
+class ImageTooLarge(InputError):
+    """The encoded image is larger than the byte limit."""
+
+    code = "image_too_large"
+
+    def __init__(self, *, limit: int, actual: int) -> None:
+        self.limit = limit
+        self.actual = actual
+        super().__init__(f"image is {actual} bytes, limit is {limit}")
+
+
+class ImageTooManyPixels(InputError):
+    """The image header declares more pixels than allowed."""
+
+    code = "image_too_many_pixels"
+
+    def __init__(self, *, limit: int, actual: int) -> None:
+        self.limit = limit
+        self.actual = actual
+        super().__init__(f"image has {actual} pixels, limit is {limit}")
+
+
+class ImageDecodeFailed(InputError):
+    """The bytes are not an image Pillow can decode completely."""
+
+    code = "image_decode_failed"
+
+
+class ImageSourceUnsupported(InputError):
+    """The event names an image source this worker does not read."""
+
+    code = "image_source_unsupported"
+
+
+class InferenceFailed(InputError):
+    """The model raised on this post while the rest of its batch scored."""
+
+    code = "inference_failed"
+
+
+class InfraError(ItmguardError):
+    """A dependency failed; the work is retried, never dead-lettered."""
+
+
+class DatabaseUnavailable(InfraError):
+    """Postgres refused or dropped the connection, or the transaction failed."""
+
+
+class DatabaseNotMigrated(InfraError):
+    """The database schema is not the one this release was built for."""
+
+
+class BrokerUnavailable(InfraError):
+    """Kafka did not accept a produced message."""
