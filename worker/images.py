@@ -1,0 +1,59 @@
+"""Turn untrusted image bytes into an RGB picture, within limits.
+
+The pixel limit is checked on the header, before any pixel is decoded, so a
+decompression bomb costs a few bytes of parsing, not gigabytes of memory.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from worker.config import FetchLimits
+from worker.errors import ImageDecodeFailed, ImageTooLarge, ImageTooManyPixels
+
+__all__ = ["decode_image"]
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def decode_image(data: bytes, limits: FetchLimits) -> Image.Image:
+    """Decode `data` fully into an RGB image, EXIF orientation applied.
+
+    Transparent images are laid on white, as the Hugging Face image processors do.
+
+    Raises:
+        ImageTooLarge: more bytes than `limits.max_bytes`.
+        ImageTooManyPixels: the header declares more than `limits.max_pixels`.
+        ImageDecodeFailed: not an image, truncated or corrupt.
+    """
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(limit=limits.max_bytes, actual=len(data))
+    if not data:
+        raise ImageDecodeFailed("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            pixels = image.width * image.height
+            if pixels > limits.max_pixels:
+                raise ImageTooManyPixels(limit=limits.max_pixels, actual=pixels)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ImageTooManyPixels:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeFailed("bytes are not a known image format") from None
+    except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeFailed(f"image is corrupt or truncated ({type(exc).__name__})") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")

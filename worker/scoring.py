@@ -1,0 +1,135 @@
+"""Score (image, caption) pairs with an ONNX Runtime session over a model bundle.
+
+Execution providers are tried in the order TensorRT → CUDA → CPU, keeping
+those the installed onnxruntime offers and the settings allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+from PIL import Image
+
+from worker.bundle import Bundle
+from worker.errors import BundleFieldError, ConfigError
+from worker.preprocess import preprocess_images
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "itmguard needs ONNX Runtime to score posts: install "
+        "'itmguard[cpu]' (onnxruntime) or, on NVIDIA GPUs, 'itmguard[gpu]' (onnxruntime-gpu)"
+    ) from exc
+
+__all__ = ["ORT_PROVIDERS", "OnnxScorer", "Scorer", "choose_providers"]
+
+log = structlog.get_logger(__name__)
+
+ORT_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class Scorer(Protocol):
+    """Anything that turns (image, caption) pairs into match probabilities."""
+
+    model_id: str
+    threshold: float
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+        """Match probabilities in [0, 1], one per pair; NaN where the model failed."""
+        ...
+
+
+def choose_providers(allowed: Sequence[str], available: Sequence[str]) -> list[str]:
+    """ONNX Runtime provider names to use, in preference order.
+
+    Raises:
+        ConfigError: none of `allowed` is offered by this onnxruntime build.
+    """
+    chosen = [ORT_PROVIDERS[name] for name in allowed if ORT_PROVIDERS[name] in available]
+    if not chosen:
+        raise ConfigError(
+            "ITMGUARD_PROVIDERS",
+            ",".join(allowed),
+            f"none is available in this onnxruntime (it offers {', '.join(available)})",
+        )
+    return chosen
+
+
+def _provider_options(name: str, bundle: Bundle, trt_cache_dir: Path) -> dict[str, Any]:
+    if name != ORT_PROVIDERS["tensorrt"]:
+        return {}
+    cache = trt_cache_dir / bundle.spec.model_sha256[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_fp16_enable": bool(bundle.spec.raw.get("tensorrt", {}).get("fp16", False)),
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+
+
+class OnnxScorer:
+    """The production scorer: bundle preprocessing plus one ONNX Runtime session."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
+        threshold: float | None = None,
+        trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt",
+    ) -> None:
+        """Open `bundle` on the first usable provider.
+
+        Raises:
+            ConfigError: no allowed provider is available.
+            BundleFieldError: model.onnx's inputs or output differ from bundle.json.
+        """
+        self.bundle = bundle
+        self.model_id = bundle.spec.model_id
+        self.threshold = bundle.spec.threshold if threshold is None else threshold
+        names = choose_providers(providers, ort.get_available_providers())
+        options = [_provider_options(n, bundle, trt_cache_dir) for n in names]
+        self._session = ort.InferenceSession(
+            str(bundle.model_path), providers=list(zip(names, options, strict=True))
+        )
+        self.provider = self._session.get_providers()[0]
+        self._check_signature()
+        self._text = bundle.text_encoder()
+        log.info("model_loaded", model_id=self.model_id, provider=self.provider,
+                 threshold=self.threshold)
+
+    def _check_signature(self) -> None:
+        spec = self.bundle.spec
+        inputs = {i.name for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        declared = set(spec.input_names.values())
+        if inputs != declared or spec.output_name not in outputs:
+            raise BundleFieldError(
+                str(self.bundle.path),
+                f"model.onnx has inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
+                f"but bundle.json declares inputs {sorted(declared)} and output "
+                f"{spec.output_name!r}",
+            )
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+        spec = self.bundle.spec
+        ids, mask = self._text.encode(captions)
+        feed = {
+            spec.input_names["pixel_values"]: preprocess_images(images, spec.image),
+            spec.input_names["input_ids"]: ids,
+            spec.input_names["attention_mask"]: mask,
+        }
+        (out,) = self._session.run([spec.output_name], feed)
+        scores = np.asarray(out, dtype=np.float64).reshape(len(captions))
+        return np.where((scores >= 0.0) & (scores <= 1.0), scores, np.nan)
