@@ -1,0 +1,170 @@
+"""Verdicts and the review queue in Postgres: the only module that speaks SQL.
+
+Writes are idempotent: a verdict is unique on (post_id, model_id) and written
+with an upsert, so a batch redelivered after a crash leaves the same rows.
+SQLAlchemy's connection errors become `DatabaseUnavailable` here; callers
+retry on it and never see a driver exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.resources import files
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects.postgresql import insert
+
+from worker.batch import Outcome
+from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
+
+__all__ = [
+    "alembic_config",
+    "check_schema_current",
+    "create_engine",
+    "metadata",
+    "review_items",
+    "verdicts",
+    "write_outcomes",
+]
+
+metadata = sa.MetaData()
+
+verdicts = sa.Table(
+    "verdicts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("post_id", sa.Text, nullable=False),
+    sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("verdict", sa.Text, nullable=False),
+    sa.Column("error_code", sa.Text),
+    sa.Column("event_time", sa.DateTime(timezone=True)),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("topic", sa.Text),
+    sa.Column("partition", sa.Integer),
+    sa.Column("offset", sa.BigInteger),
+    sa.UniqueConstraint("post_id", "model_id", name="uq_verdicts_post_model"),
+)
+
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("post_id", sa.Text, nullable=False),
+    sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("post_id", "model_id", name="uq_review_items_post_model"),
+)
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine that checks connections before use, so a restarted Postgres is survived."""
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable("database connection lost") from exc
+        raise
+
+
+def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
+    """Upsert the verdicts of `outcomes` and queue mismatches for review, in one transaction.
+
+    Returns the number of verdict rows written.
+
+    Raises:
+        DatabaseUnavailable: the transaction did not commit; nothing of it was written.
+    """
+    rows = _verdict_rows(outcomes)
+    if not rows:
+        return 0
+    statement = insert(verdicts)
+    upsert = statement.on_conflict_do_update(
+        constraint="uq_verdicts_post_model",
+        set_={c: statement.excluded[c] for c in rows[0] if c not in ("post_id", "model_id")},
+    )
+    queue = [
+        {k: row[k] for k in ("post_id", "model_id", "score", "threshold")}
+        | {"status": "pending", "created_at": row["scored_at"]}
+        for row in rows
+        if row["verdict"] == "mismatch"
+    ]
+    with _translated(), engine.begin() as conn:
+        conn.execute(upsert, rows)
+        if queue:
+            conn.execute(
+                insert(review_items).on_conflict_do_nothing(
+                    constraint="uq_review_items_post_model"
+                ),
+                queue,
+            )
+    return len(rows)
+
+
+def _verdict_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """One row per (post_id, model_id), the last in the batch winning.
+
+    Postgres refuses an upsert that touches one row twice in a statement, and a
+    producer's retry can put the same post in one batch twice.
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for outcome in outcomes:
+        v = outcome.verdict
+        if v is None or v.post_id is None:
+            continue
+        rows[(v.post_id, v.model_id)] = {
+            "post_id": v.post_id,
+            "model_id": v.model_id,
+            "score": v.score,
+            "threshold": v.threshold,
+            "verdict": v.verdict,
+            "error_code": v.error_code,
+            "event_time": v.event_time,
+            "scored_at": v.scored_at,
+            "topic": outcome.record.topic,
+            "partition": outcome.record.partition,
+            "offset": outcome.record.offset,
+        }
+    return list(rows.values())
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic configuration for the migrations shipped with the package."""
+    config = Config()
+    config.set_main_option("script_location", str(files("migrations")))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def check_schema_current(engine: sa.Engine) -> None:
+    """Refuse to run against a database whose schema is not at this release's head.
+
+    Raises:
+        DatabaseUnavailable: the database cannot be reached.
+        DatabaseNotMigrated: the schema is behind (or ahead of) this release.
+    """
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with _translated(), engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"database schema is at revision {current or 'none'}, this worker needs {head}: "
+            "run `itmguard db upgrade`"
+        )
