@@ -1,0 +1,58 @@
+"""Assemble the worker from settings: scorer, database, Faust app, and run it."""
+
+from __future__ import annotations
+
+import faust
+import structlog
+
+from worker.bundle import load_bundle
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.logs import logging_dict
+from worker.persistence import check_schema_current, create_engine
+from worker.scoring import OnnxScorer
+
+__all__ = ["build_app", "open_scorer", "run_worker"]
+
+log = structlog.get_logger(__name__)
+
+
+def open_scorer(settings: Settings) -> OnnxScorer:
+    """Load and check the bundle named by the settings.
+
+    Raises:
+        ConfigError: no bundle is configured, or no allowed provider is available.
+        BundleError: the bundle is missing files, has bad fields or a wrong hash.
+    """
+    if settings.bundle is None:
+        raise ConfigError("ITMGUARD_BUNDLE", None, "a model bundle directory is required")
+    return OnnxScorer(
+        load_bundle(settings.bundle),
+        providers=settings.providers,
+        threshold=settings.threshold,
+        trt_cache_dir=settings.trt_cache_dir,
+    )
+
+
+def build_app(settings: Settings) -> faust.App:
+    """Everything checked before joining the consumer group: bundle, providers, schema."""
+    from worker.agents import create_app
+
+    scorer = open_scorer(settings)
+    engine = create_engine(settings.database_url)
+    check_schema_current(engine)
+    log.info("worker_configured", settings=repr(settings))
+    return create_app(settings, scorer, engine)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT; Faust drains the batch in flight before it stops."""
+    app = build_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level.upper(),
+        logging_config=logging_dict(settings.log_level),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
