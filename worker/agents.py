@@ -57,14 +57,21 @@ class BatchHandler:
         self._flags = flags
         self._dead_letters = dead_letters
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-batch")
+        self._batches = 0
 
     async def handle(self, records: Sequence[Record]) -> list[Outcome]:
+        self._batches += 1
+        with structlog.contextvars.bound_contextvars(batch=self._batches):
+            return await self._handle(records)
+
+    async def _handle(self, records: Sequence[Record]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         outcomes = await loop.run_in_executor(
             self._executor, score_records, records, self._scorer, self._settings.fetch_limits
         )
         scored = loop.time()
+        _log_outcomes(outcomes)
 
         async def write() -> int:
             return await loop.run_in_executor(
@@ -104,6 +111,19 @@ class BatchHandler:
             await asyncio.gather(*pending)
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"broker did not accept a message: {type(exc).__name__}") from exc
+
+
+def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
+    """Rejections at info (they need a look), verdicts at debug; ids and codes only."""
+    for outcome in outcomes:
+        verdict, where = outcome.verdict, outcome.record
+        if outcome.dead_letter is not None:
+            log.info("post_rejected", post_id=verdict.post_id if verdict else None,
+                     code=outcome.dead_letter["reason"], partition=where.partition,
+                     offset=where.offset)
+        elif verdict is not None:
+            log.debug("post_scored", post_id=verdict.post_id, score=verdict.score,
+                      verdict=verdict.verdict)
 
 
 def create_app(settings: Settings, scorer: Scorer, engine: sa.Engine) -> faust.App:

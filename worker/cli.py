@@ -55,14 +55,15 @@ def _settings(flags: dict[str, str | None]) -> Settings:
 
 
 class _Group(click.Group):
-    """Turns itmguard's own errors into one line on stderr and a non-zero exit."""
+    """Turns itmguard's own errors, and a missing optional dependency, into one line on
+    stderr and a non-zero exit."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.UsageError(f"bad setting {exc}") from exc
-        except ItmguardError as exc:
+        except (ItmguardError, ImportError) as exc:
             raise click.ClickException(str(exc)) from exc
 
 

@@ -7,6 +7,7 @@ decompression bomb costs a few bytes of parsing, not gigabytes of memory.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,13 +17,16 @@ from worker.errors import ImageDecodeFailed, ImageTooLarge, ImageTooManyPixels
 
 __all__ = ["decode_image"]
 
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
 
 
 def decode_image(data: bytes, limits: FetchLimits) -> Image.Image:
     """Decode `data` fully into an RGB image, EXIF orientation applied.
 
-    Transparent images are laid on white, as the Hugging Face image processors do.
+    Transparency is dropped with a plain RGB conversion, as the Hugging Face image
+    processors (transformers 5) and BLIP's own training code do, so the worker
+    sees the picture the model was trained on.
 
     Raises:
         ImageTooLarge: more bytes than `limits.max_bytes`.
@@ -44,16 +48,13 @@ def decode_image(data: bytes, limits: FetchLimits) -> Image.Image:
             image = ImageOps.exif_transpose(image)
     except ImageTooManyPixels:
         raise
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses canvases over twice its own limit inside open(), before our check.
+        found = _BOMB_SIZE.search(str(exc))
+        actual = int(found.group(1)) if found else limits.max_pixels + 1
+        raise ImageTooManyPixels(limit=limits.max_pixels, actual=actual) from None
     except UnidentifiedImageError:
         raise ImageDecodeFailed("bytes are not a known image format") from None
     except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeFailed(f"image is corrupt or truncated ({type(exc).__name__})") from None
-    return _to_rgb(image)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
