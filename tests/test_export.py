@@ -1,0 +1,284 @@
+"""Exporting a BLIP ITM checkpoint to a model bundle, checked against transformers itself."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+from transformers import AutoProcessor, BlipForImageTextRetrieval
+
+import export.blip
+import export.parity
+import worker.preprocess
+from export.blip import export_blip
+from export.tiny import WORDS, make_tiny_checkpoint, tiny_vocab
+from worker.bundle import BundleSpec, load_bundle
+from worker.config import FetchLimits
+from worker.errors import ExportError
+from worker.images import decode_image
+from worker.scoring import OnnxScorer
+
+torch.set_num_threads(1)
+
+CAPTIONS = [
+    "a red circle",
+    "Two BLUE squares in the top-left corner, next to a tiny yellow triangle!",
+    "a zebra-striped xylophone",  # words outside the vocabulary, spelled in pieces
+    " ".join(["three green stars above a small house"] * 12),  # over 64 tokens: truncated
+    "dog",
+    "a photo of a cat sitting on a chair",
+]
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The module's one export: checkpoint, bundle, manifest and progress lines."""
+
+    checkpoint: Path
+    bundle: Path
+    spec: BundleSpec
+    progress: list[str]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """A tiny random checkpoint and its bundle, exported once for the module."""
+    root = tmp_path_factory.mktemp("export")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", seed=0)
+    lines: list[str] = []
+    spec = export_blip(checkpoint, root / "bundle", name="tiny-itm", progress=lines.append)
+    return Exported(checkpoint, root / "bundle", spec, lines)
+
+
+def _picture(width: int, height: int, seed: int) -> Image.Image:
+    """Shapes on a gradient with some noise, so resampling has detail to get wrong."""
+    rng = random.Random(seed)
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    base = 255 * (0.3 + 0.4 * x * np.array([1.0, 0.2, 0.6]) + 0.3 * y * np.array([0.1, 0.9, 0.4]))
+    noise = np.random.default_rng(seed).normal(0, 12, (height, width, 3))
+    image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x0, y0 = rng.randrange(width // 2), rng.randrange(height // 2)
+        box = (x0, y0, x0 + rng.randint(8, width // 2), y0 + rng.randint(8, height // 2))
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        rng.choice([draw.ellipse, draw.rectangle])(box, fill=fill)
+    return image
+
+
+def _encoded(image: Image.Image, mode: str, fmt: str) -> bytes:
+    if mode == "RGBA":
+        image = image.convert("RGBA")
+        alpha = Image.new("L", image.size, 255)
+        ImageDraw.Draw(alpha).rectangle((0, 0, image.width // 3, image.height), fill=90)
+        image.putalpha(alpha)
+    else:
+        image = image.convert(mode)
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def _posted_images() -> list[Image.Image]:
+    """Pictures as the worker sees them: encoded in several modes, decoded by decode_image."""
+    cases = [
+        ((96, 96), "RGB", "JPEG"),
+        ((200, 64), "RGB", "PNG"),
+        ((50, 180), "RGBA", "PNG"),
+        ((123, 77), "L", "JPEG"),
+        ((640, 480), "RGB", "JPEG"),
+        ((33, 41), "L", "PNG"),
+    ]
+    return [
+        decode_image(_encoded(_picture(w, h, seed=i), mode, fmt), FetchLimits())
+        for i, ((w, h), mode, fmt) in enumerate(cases)
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(exported: Exported) -> tuple[list[Image.Image], np.ndarray]:
+    """Posted pictures and their match probabilities the way a transformers user computes them."""
+    images = _posted_images()
+    processor = AutoProcessor.from_pretrained(exported.checkpoint)
+    model = BlipForImageTextRetrieval.from_pretrained(exported.checkpoint).eval()
+    inputs = processor(
+        images=images, text=CAPTIONS, return_tensors="pt", padding=True, truncation=True
+    )
+    with torch.inference_mode():
+        itm_score = model(**inputs).itm_score
+    return images, torch.softmax(itm_score, dim=-1)[:, 1].double().numpy()
+
+
+def test_export_writes_a_bundle_the_worker_loads(exported: Exported) -> None:
+    """The exported directory holds exactly the bundle files and passes load_bundle."""
+    bundle = load_bundle(exported.bundle)
+    assert bundle.spec == exported.spec
+    assert bundle.spec.model_id == "tiny-itm@1"
+    assert sorted(p.name for p in exported.bundle.iterdir()) == [
+        "bundle.json",
+        "model.onnx",
+        "tokenizer.json",
+    ]
+    assert sorted(p.name for p in exported.bundle.parent.iterdir()) == ["bundle", "checkpoint"]
+
+
+def test_manifest_follows_the_checkpoint_processor(exported: Exported) -> None:
+    """Image size, filter, normalisation and text limits come from the checkpoint's processor."""
+    processor = AutoProcessor.from_pretrained(exported.checkpoint)
+    image, text = exported.spec.image, exported.spec.text
+    assert (image.height, image.width, image.resample) == (64, 64, "bicubic")
+    assert image.rescale_factor == pytest.approx(1 / 255)
+    assert image.mean == pytest.approx(processor.image_processor.image_mean)
+    assert image.std == pytest.approx(processor.image_processor.image_std)
+    assert (text.max_tokens, text.pad_token, text.pad_id) == (64, "[PAD]", 0)
+    assert exported.spec.raw["exporter"]["onnx_opset"] == 17
+    assert exported.spec.raw["output"]["meaning"] == "match_probability"
+
+
+def test_parity_is_recorded_within_tolerance(exported: Exported) -> None:
+    """bundle.json records PyTorch-vs-ONNX parity over five pairs, within 1e-4."""
+    parity = exported.spec.raw["parity"]
+    assert parity["n_pairs"] == 5
+    assert parity["tolerance"] == 1e-4
+    assert 0 <= parity["mean_abs_diff"] <= parity["max_abs_diff"] <= 1e-4
+
+
+def test_progress_reports_each_stage_in_order(exported: Exported) -> None:
+    """One progress line per stage: load, export, verify, write."""
+    stages = [line.split(":", 1)[0] for line in exported.progress]
+    assert stages == ["load", "export", "verify", "write"]
+
+
+@pytest.mark.parametrize("batch", [1, 6], ids=["single", "batched"])
+def test_onnx_scorer_agrees_with_transformers(
+    exported: Exported, reference: tuple[list[Image.Image], np.ndarray], batch: int
+) -> None:
+    """OnnxScorer on the bundle scores as transformers' processor plus model, within 1e-3."""
+    (images, expected), captions = reference, CAPTIONS
+    scorer = OnnxScorer(load_bundle(exported.bundle), providers=("cpu",))
+    actual = np.concatenate(
+        [scorer.score(images[i : i + batch], captions[i : i + batch]) for i in range(0, 6, batch)]
+    )
+    assert np.abs(actual - expected).max() <= 1e-3
+    # The agreement means something only if scores move with the inputs.
+    assert np.ptp(expected) > 0.05
+
+
+def test_agreement_check_catches_a_wrong_resampling_filter(
+    exported: Exported, reference: tuple[list[Image.Image], np.ndarray]
+) -> None:
+    """A bundle resizing with bilinear instead of the checkpoint's bicubic misses by over 1e-3."""
+    images, expected = reference
+    bundle = load_bundle(exported.bundle)
+    wrong = replace(bundle.spec, image=replace(bundle.spec.image, resample="bilinear"))
+    scorer = OnnxScorer(replace(bundle, spec=wrong), providers=("cpu",))
+    assert np.abs(scorer.score(images, CAPTIONS) - expected).max() > 1e-3
+
+
+def test_export_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint path that does not exist is refused by name, and no bundle appears."""
+    with pytest.raises(ExportError, match="no such checkpoint directory") as caught:
+        export_blip(tmp_path / "nowhere", tmp_path / "bundle", progress=lambda _: None)
+    assert caught.value.checkpoint == str(tmp_path / "nowhere")
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "no config.json"),
+        ("{not json", "config.json is not JSON"),
+        ({"model_type": "bert", "architectures": ["BertModel"]}, "not a BLIP image-text-matching"),
+        (
+            {"model_type": "blip", "architectures": ["BlipForConditionalGeneration"]},
+            "not a BLIP image-text-matching",
+        ),
+    ],
+    ids=["no-config", "bad-json", "bert", "blip-captioning"],
+)
+def test_export_refuses_a_checkpoint_that_is_not_blip_itm(
+    tmp_path: Path, config: dict[str, object] | str | None, message: str
+) -> None:
+    """A directory that is not a BLIP ITM checkpoint is refused with the reason."""
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    if config is not None:
+        text = config if isinstance(config, str) else json.dumps(config)
+        (checkpoint / "config.json").write_text(text)
+    with pytest.raises(ExportError, match=message):
+        export_blip(checkpoint, tmp_path / "bundle", progress=lambda _: None)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_refuses_a_checkpoint_without_itm_head_weights(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """Weights missing from the checkpoint are refused rather than filled with random values."""
+    checkpoint = shutil.copytree(exported.checkpoint, tmp_path / "checkpoint")
+    weights = load_file(checkpoint / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("itm_head.")}
+    save_file(kept, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match="weights missing for itm_head"):
+        export_blip(checkpoint, tmp_path / "bundle", progress=lambda _: None)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_refuses_an_existing_bundle_directory(exported: Exported, tmp_path: Path) -> None:
+    """Export never writes over an existing directory."""
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(ExportError, match="already exists"):
+        export_blip(exported.checkpoint, tmp_path / "bundle", progress=lambda _: None)
+    assert list((tmp_path / "bundle").iterdir()) == []
+
+
+def test_export_refuses_more_text_tokens_than_positions(exported: Exported, tmp_path: Path) -> None:
+    """max_text_tokens beyond the text model's position embeddings is refused."""
+    with pytest.raises(ExportError, match="exceeds the model's 64 positions"):
+        export_blip(
+            exported.checkpoint, tmp_path / "bundle", max_text_tokens=65, progress=lambda _: None
+        )
+
+
+def test_failed_parity_leaves_no_bundle(exported: Exported, tmp_path: Path) -> None:
+    """When ONNX Runtime differs from PyTorch beyond tolerance, export fails and leaves nothing."""
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_blip(
+            exported.checkpoint, tmp_path / "bundle", tolerance=1e-12, progress=lambda _: None
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_and_worker_share_one_preprocessing() -> None:
+    """Export builds model inputs with the worker's own functions, not copies of them."""
+    assert export.blip.preprocess_images is worker.preprocess.preprocess_images
+    assert export.blip.TextEncoder is worker.preprocess.TextEncoder
+    assert export.parity.preprocess_images is worker.preprocess.preprocess_images
+
+
+def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
+    """The same seed gives the same weights; another seed gives others."""
+    first = load_file(make_tiny_checkpoint(tmp_path / "a", seed=3) / "model.safetensors")
+    again = load_file(make_tiny_checkpoint(tmp_path / "b", seed=3) / "model.safetensors")
+    other = load_file(make_tiny_checkpoint(tmp_path / "c", seed=4) / "model.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["itm_head.weight"], other["itm_head.weight"])
+
+
+def test_tiny_vocabulary_spells_every_word_without_unknowns(exported: Exported) -> None:
+    """Every caption word is one token, and an unseen word is spelled in pieces, never [UNK]."""
+    tokenizer = AutoProcessor.from_pretrained(exported.checkpoint).tokenizer
+    vocab = tiny_vocab()
+    assert list(vocab)[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert len(set(WORDS)) == len(WORDS)
+    assert all(len(tokenizer.tokenize(word)) == 1 for word in WORDS)
+    assert "[UNK]" not in tokenizer.tokenize("Quizzical jackdaws, 42 of them!")

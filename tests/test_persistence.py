@@ -1,0 +1,87 @@
+"""Verdicts in a real Postgres: idempotent upserts, review items, error translation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from worker.batch import Outcome, Record
+from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
+from worker.persistence import check_schema_current, create_engine, write_outcomes
+from worker.verdicts import Verdict
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
+
+
+def _outcome(post_id: str, verdict: str, score: float | None, offset: int = 0) -> Outcome:
+    code = "invalid_event" if verdict == "error" else None
+    return Outcome(
+        Record(b"", topic="posts", partition=1, offset=offset),
+        Verdict(post_id, "m@1", score, 0.5, verdict, code, NOW, None),  # type: ignore[arg-type]
+        None,
+    )
+
+
+def _rows(engine: sa.Engine, table: str) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY post_id")))
+
+
+def test_writes_are_idempotent_and_mismatches_are_queued(database_url: str) -> None:
+    """Writing a batch twice leaves one verdict per post and one review item per mismatch."""
+    engine = create_engine(database_url)
+    batch = [_outcome("a", "match", 0.9), _outcome("b", "mismatch", 0.1), _outcome("c", "error", None)]
+    assert write_outcomes(engine, batch) == 3
+    assert write_outcomes(engine, batch) == 3
+    rows = _rows(engine, "verdicts")
+    assert [(r.post_id, r.verdict, r.error_code, r.partition) for r in rows] == [
+        ("a", "match", None, 1), ("b", "mismatch", None, 1), ("c", "error", "invalid_event", 1),
+    ]
+    assert [(r.post_id, r.status) for r in _rows(engine, "review_items")] == [("b", "pending")]
+    engine.dispose()
+
+
+def test_a_post_twice_in_one_batch_keeps_the_last(database_url: str) -> None:
+    """A producer retry that puts one post twice in a batch writes one row, the later one."""
+    engine = create_engine(database_url)
+    write_outcomes(engine, [_outcome("a", "match", 0.9, 1), _outcome("a", "match", 0.8, 2)])
+    (row,) = _rows(engine, "verdicts")
+    assert (row.score, row.offset) == (0.8, 2)
+    engine.dispose()
+
+
+def test_outcomes_without_post_id_write_nothing(database_url: str) -> None:
+    """A dead letter with no post_id has no verdict row to write."""
+    engine = create_engine(database_url)
+    letter_only = Outcome(Record(b"{", topic="posts"), None, {"reason": "invalid_json"})
+    assert write_outcomes(engine, [letter_only]) == 0
+    assert _rows(engine, "verdicts") == []
+    engine.dispose()
+
+
+def test_unreachable_database_raises_database_unavailable() -> None:
+    """A refused connection surfaces as DatabaseUnavailable, not a driver error."""
+    from tests.support import free_port
+
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(DatabaseUnavailable):
+        write_outcomes(engine, [_outcome("a", "match", 0.9)])
+
+
+def test_unmigrated_database_is_refused(database_url: str) -> None:
+    """A database behind this release's schema stops the worker with the command to run."""
+    from alembic import command
+
+    from worker.persistence import alembic_config
+
+    command.downgrade(alembic_config(database_url), "base")
+    engine = create_engine(database_url)
+    with pytest.raises(DatabaseNotMigrated, match="itmguard db upgrade"):
+        check_schema_current(engine)
+    command.upgrade(alembic_config(database_url), "head")
+    check_schema_current(engine)
+    engine.dispose()

@@ -1,0 +1,163 @@
+"""End to end on real parts: tansu broker, Postgres, an exported ONNX bundle, the worker process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support import (
+    consume,
+    create_topics,
+    good_events,
+    post_event,
+    produce,
+    shape_image,
+    wait_for_rows,
+)
+from worker.bundle import load_bundle
+from worker.events import validator
+from worker.images import decode_image
+from worker.config import FetchLimits
+from worker.scoring import OnnxScorer
+
+pytestmark = pytest.mark.integration
+
+
+def _median_threshold(bundle: Path, events: list[tuple[str, bytes]]) -> float:
+    """A threshold that splits the tiny random model's scores into matches and mismatches."""
+    scorer = OnnxScorer(load_bundle(bundle), providers=("cpu",))
+    docs = [json.loads(payload) for _, payload in events[:64]]
+    images = [decode_image(base64.b64decode(d["image"]["data"]), FetchLimits()) for d in docs]
+    return float(statistics.median(scorer.score(images, [d["caption"] for d in docs])))
+
+
+def _env(broker: str, database_url: str, bundle: Path, name: str, threshold: float) -> dict[str, str]:
+    return {
+        "ITMGUARD_KAFKA_BOOTSTRAP": broker,
+        "ITMGUARD_DATABASE_URL": database_url,
+        "ITMGUARD_BUNDLE": str(bundle),
+        "ITMGUARD_POSTS_TOPIC": f"{name}-posts",
+        "ITMGUARD_FLAGS_TOPIC": f"{name}-flags",
+        "ITMGUARD_DLQ_TOPIC": f"{name}-dlq",
+        "ITMGUARD_GROUP_ID": f"{name}-group",
+        "ITMGUARD_MAX_BATCH": "32",
+        "ITMGUARD_MAX_WAIT_MS": "100",
+        "ITMGUARD_THRESHOLD": repr(threshold),
+        "ITMGUARD_PROVIDERS": "cpu",
+        "ITMGUARD_SESSION_TIMEOUT_S": "10",
+        "ITMGUARD_HEARTBEAT_S": "1",
+    }
+
+
+def _topics(broker: str, name: str) -> None:
+    create_topics(broker, {f"{name}-posts": 4, f"{name}-flags": 2, f"{name}-dlq": 1})
+
+
+def _bad_events() -> dict[str, tuple[str | None, bytes]]:
+    """Malformed events by the reason code each must get, with the post_id it carries."""
+    jpeg = shape_image("red", "circle", fmt="JPEG")
+    return {
+        "invalid_json": (None, b'{"post_id": "bad-json", "caption": '),
+        "invalid_event": ("bad-no-caption", json.dumps(
+            {"post_id": "bad-no-caption", "image": {"data": base64.b64encode(jpeg).decode()}}
+        ).encode()),
+        "image_decode_failed": ("bad-not-image", post_event("bad-not-image", "a red circle",
+                                                            b"this is plain text, not an image")),
+        "image_decode_failed/truncated": ("bad-truncated", post_event(
+            "bad-truncated", "a red circle", jpeg[: len(jpeg) // 2])),
+    }
+
+
+def test_every_post_gets_one_verdict_flags_and_dead_letters(
+    broker: str, database_url: str, tiny_bundle: Path, worker_process, tmp_path: Path
+) -> None:
+    """500 posts and 4 malformed ones through a running worker: one verdict row per post,
+    every mismatch on the flag topic in schema, every malformed event dead-lettered with its
+    reason, and posts after the bad ones still scored."""
+    name = "e2e"
+    _topics(broker, name)
+    events = good_events(500, prefix="post")
+    threshold = _median_threshold(tiny_bundle, events)
+    bad = _bad_events()
+    worker = worker_process(_env(broker, database_url, tiny_bundle, name, threshold),
+                            tmp_path / "worker.log")
+    proc = worker.start()
+    messages: list[tuple[bytes | None, bytes]] = [(pid.encode(), v) for pid, v in events[:250]]
+    messages += [(None, payload) for _, payload in bad.values()]
+    messages += [(pid.encode(), v) for pid, v in events[250:]]
+    started = time.monotonic()
+    produce(broker, f"{name}-posts", messages)
+    with_id = sum(1 for post_id, _ in bad.values() if post_id is not None)
+    wait_for_rows(database_url, 500 + with_id, timeout=240, proc=proc)
+    elapsed = time.monotonic() - started
+    print(f"\n500 good + {len(bad)} bad events scored in {elapsed:.1f}s: {504 / elapsed:.1f} events/s")
+
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT post_id, verdict, error_code, score, threshold, model_id FROM verdicts"
+        )).all()
+        queued = {r.post_id for r in conn.execute(sa.text("SELECT post_id FROM review_items"))}
+    engine.dispose()
+    by_post = {r.post_id: r for r in rows}
+    assert len(rows) == len(by_post) == 500 + with_id
+    assert {pid for pid, _ in events} <= by_post.keys()
+    good_rows = [by_post[pid] for pid, _ in events]
+    assert all(r.verdict in ("match", "mismatch") and r.error_code is None for r in good_rows)
+    assert all(r.model_id == "tiny-blip@1" for r in rows)
+    mismatches = {r.post_id for r in good_rows if r.verdict == "mismatch"}
+    assert 0 < len(mismatches) < 500
+    assert all((r.score < threshold) == (r.post_id in mismatches) for r in good_rows)
+    assert queued == mismatches
+    for code, (post_id, _) in bad.items():
+        if post_id is not None:
+            assert (by_post[post_id].verdict, by_post[post_id].error_code) == ("error", code.split("/")[0])
+
+    flags = [json.loads(v) for v in consume(broker, f"{name}-flags", expect=len(mismatches))]
+    for flag in flags:
+        validator("verdict.v1").validate(flag)
+    assert {f["post_id"] for f in flags} == mismatches
+    assert all(f["verdict"] == "mismatch" for f in flags)
+
+    letters = [json.loads(v) for v in consume(broker, f"{name}-dlq", expect=len(bad))]
+    for letter in letters:
+        validator("dead-letter.v1").validate(letter)
+    assert sorted(l["reason"] for l in letters) == sorted(code.split("/")[0] for code in bad)
+    originals = {base64.b64decode(l["payload_b64"]) for l in letters}
+    assert originals == {payload for _, payload in bad.values()}
+    assert proc.poll() is None, "the worker stopped after bad input"
+    assert worker.stop() == 0
+
+
+def test_restart_mid_stream_loses_nothing(
+    broker: str, database_url: str, tiny_bundle: Path, worker_process, tmp_path: Path
+) -> None:
+    """SIGTERM a worker mid-stream and start another: still exactly one row per post."""
+    name = "restart"
+    _topics(broker, name)
+    events = good_events(800, prefix="restart", seed=1)
+    env = _env(broker, database_url, tiny_bundle, name, 0.5)
+    first = worker_process(env, tmp_path / "first.log")
+    proc = first.start()
+    produce(broker, f"{name}-posts", [(pid.encode(), v) for pid, v in events])
+    wait_for_rows(database_url, 150, timeout=180, proc=proc)
+    assert first.stop(signal.SIGTERM) == 0
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        done_at_stop = conn.execute(sa.text("SELECT count(*) FROM verdicts")).scalar_one()
+    assert done_at_stop < 800, "the worker finished before it could be stopped mid-stream"
+    second = worker_process(env, tmp_path / "second.log")
+    wait_for_rows(database_url, 800, timeout=240, proc=second.start())
+    time.sleep(2)
+    with engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(sa.text("SELECT post_id FROM verdicts"))]
+    engine.dispose()
+    assert sorted(ids) == sorted(pid for pid, _ in events)
+    assert second.stop() == 0
