@@ -5,8 +5,15 @@ with the worker's own preprocessing and the bundle is written with the
 worker's own bundle code, so export and worker agree by construction.
 """
 
-from export.blip import export_blip
-from export.parity import Parity, measure_parity
+from export.blip import export_blip, resolve_checkpoint
+from export.parity import Parity, compare, parity_feeds
 from export.tiny import make_tiny_checkpoint
 
-__all__ = ["Parity", "export_blip", "make_tiny_checkpoint", "measure_parity"]
+__all__ = [
+    "Parity",
+    "compare",
+    "export_blip",
+    "make_tiny_checkpoint",
+    "parity_feeds",
+    "resolve_checkpoint",
+]

@@ -9,10 +9,14 @@ checkpoint does, or is not written at all.
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import json
+import re
+import resource
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -22,19 +26,46 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
+from onnxruntime.transformers.onnx_model import OnnxModel
+from onnxruntime.transformers.optimizer import optimize_model
 from PIL import Image
 from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-from export.parity import Reference, measure_parity, sample_pairs
+from export.parity import (
+    PARITY_BATCHES,
+    Feeds,
+    batch_scores,
+    compare,
+    parity_feeds,
+    session_scores,
+)
 from worker.bundle import BundleSpec, write_manifest
 from worker.errors import ExportError
-from worker.preprocess import TextEncoder, preprocess_images
+from worker.preprocess import TextEncoder
 
-__all__ = ["ARCHITECTURE", "INPUT_NAMES", "OUTPUT_NAME", "MatchProbability", "export_blip"]
+__all__ = [
+    "ARCHITECTURE",
+    "FP16_MIN_AGREEMENT",
+    "FP32_OPS",
+    "INPUT_NAMES",
+    "OUTPUT_NAME",
+    "MatchProbability",
+    "export_blip",
+    "resolve_checkpoint",
+]
 
 ARCHITECTURE = "BlipForImageTextRetrieval"
 INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
 OUTPUT_NAME = "match_probability"
+
+FP32_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax")
+"""Ops an fp16 bundle keeps in fp32: fp16 LayerNorm and Softmax overflow on ViT/BERT."""
+
+FP16_MIN_AGREEMENT = 0.995
+"""Share of parity-set verdicts an fp16 graph must give as its fp32 graph does."""
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_HUB_TIMEOUT_S = 10.0
 
 # A placeholder hash lets the manifest be checked before the slow steps.
 _NO_HASH = "0" * 64
@@ -64,7 +95,7 @@ class MatchProbability(torch.nn.Module):
 
 
 def export_blip(
-    checkpoint: Path,
+    checkpoint: Path | str,
     out: Path,
     *,
     name: str | None = None,
@@ -73,53 +104,69 @@ def export_blip(
     max_text_tokens: int | None = None,
     opset: int = 17,
     tolerance: float = 1e-4,
+    optimize: bool = True,
+    fp16: bool = False,
+    max_batch: int = 32,
     progress: Callable[[str], None] = print,
 ) -> BundleSpec:
-    """Write the bundle directory `out` from the checkpoint directory `checkpoint`.
+    """Write the bundle directory `out` from a BLIP ITM checkpoint.
 
     The bundle is assembled in a temporary directory next to `out` and renamed
-    into place only after the parity check passes, so a failed export leaves
-    nothing behind.
+    into place only after every check passes, so a failed export leaves
+    nothing behind. The PyTorch model is dropped as soon as its reference
+    scores are taken, so it and an ONNX Runtime session never share memory.
 
     Args:
-        checkpoint: a local `BlipForImageTextRetrieval` checkpoint with its processor.
+        checkpoint: a local `BlipForImageTextRetrieval` checkpoint directory with its
+            processor, or a Hugging Face hub id (`Salesforce/blip-itm-base-coco`) where
+            the hub can be reached.
         out: the bundle directory to create; it must not exist yet.
-        name: bundle name; defaults to the checkpoint directory's name.
+        name: bundle name; defaults to the checkpoint's name.
         version: bundle version; verdicts record `name@version`.
         threshold: match probability below which a post is flagged.
         max_text_tokens: caption token limit; defaults to what the tokenizer and
             the text position embeddings both allow.
         opset: ONNX opset to export with.
         tolerance: largest absolute difference in match probability allowed
-            between PyTorch and ONNX Runtime on the parity samples.
-        progress: called with one line per stage (load, export, verify, write).
+            between PyTorch and ONNX Runtime (fp32 and optimised graphs) on the parity set.
+        optimize: apply ONNX Runtime's transformer fusions (LayerNorm, GELU, attention
+            where the pattern matches), checked by the same parity gate.
+        fp16: store the weights and most arithmetic in fp16, keeping LayerNorm, Softmax
+            and the ITM head in fp32; fails unless verdicts agree with fp32 on at least
+            `FP16_MIN_AGREEMENT` of the parity set.
+        max_batch: largest batch in the TensorRT shape profile.
+        progress: called with one line per stage (load, trace, verify, optimise, fp16, write).
 
     Returns:
         The checked manifest written to `out/bundle.json`.
 
     Raises:
-        ExportError: the checkpoint is missing, is not a BLIP ITM checkpoint, has a
-            processor the worker cannot reproduce, fails to export, or fails parity.
+        ExportError: the checkpoint is missing or unreachable, is not a BLIP ITM
+            checkpoint, has a processor the worker cannot reproduce, fails to export,
+            or fails a parity gate.
         BundleFieldError: `name`, `version` or `threshold` break the bundle schema.
     """
-    checkpoint = Path(checkpoint)
     out = Path(out)
     shown = str(checkpoint)
-    _check_checkpoint(checkpoint)
     if out.exists():
         raise ExportError(shown, f"{out} already exists; choose a new bundle directory")
+    local = resolve_checkpoint(checkpoint, progress)
+    _check_checkpoint(local, shown)
 
-    progress(f"load: {checkpoint}")
-    model, processor = _load(checkpoint)
+    started = time.monotonic()
+    progress(f"load: {local}")
+    model, processor = _load(local, shown)
     manifest = _manifest(
         shown,
         model,
         processor,
-        name=name if name is not None else checkpoint.resolve().name,
+        name=name if name is not None else _default_name(checkpoint),
         version=version,
         threshold=threshold,
         max_text_tokens=max_text_tokens,
         opset=opset,
+        fp16=fp16,
+        max_batch=max_batch,
     )
     spec = BundleSpec.from_manifest({**manifest, "model_sha256": _NO_HASH}, str(out))
 
@@ -128,34 +175,157 @@ def export_blip(
     try:
         processor.tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
         encoder = TextEncoder.from_file(work / "tokenizer.json", spec.text)
+        feeds = parity_feeds(spec, encoder)
+
+        progress(f"trace: opset {opset}, dynamic batch and sequence axes")
         wrapper = MatchProbability(model).eval()
+        _export_onnx(shown, wrapper, work / "traced.onnx", feeds[1], opset)
+        reference = batch_scores(_torch_runner(wrapper), feeds)
+        del wrapper, model
+        gc.collect()
 
-        progress(f"export: model.onnx, opset {opset}")
-        _export_onnx(shown, wrapper, work / "model.onnx", spec, encoder, opset)
-
-        session = ort.InferenceSession(str(work / "model.onnx"), providers=["CPUExecutionProvider"])
-        parity = measure_parity(_reference(wrapper), session, spec, encoder, tolerance=tolerance)
-        progress(
-            f"verify: {parity.n_pairs} pairs, max abs diff {parity.max_abs_diff:.3g}, "
-            f"mean {parity.mean_abs_diff:.3g} (tolerance {tolerance:g})"
-        )
-        if not parity.ok:
-            raise ExportError(
-                shown,
-                f"ONNX Runtime differs from PyTorch by up to {parity.max_abs_diff:.3g} in match "
-                f"probability over {parity.n_pairs} pairs (tolerance {tolerance:g})",
-            )
+        gate = _Gate(shown, spec, feeds, reference, tolerance, progress)
+        report: dict[str, Any] = {"onnx_vs_pytorch": gate.check("verify", work / "traced.onnx")}
+        chosen = work / "traced.onnx"
+        if optimize:
+            fused = _optimise(work / "traced.onnx", work / "optimised.onnx")
+            progress(f"optimise: fused {fused or 'nothing'}")
+            report["optimised_vs_pytorch"] = gate.check("optimise", work / "optimised.onnx")
+            report["fusions"] = fused
+            chosen = work / "optimised.onnx"
+        if fp16:
+            _to_fp16(shown, chosen, work / "fp16.onnx")
+            report |= gate.check_fp16(chosen, work / "fp16.onnx")
+            chosen = work / "fp16.onnx"
+        report["precision"] = "fp16" if fp16 else "fp32"
+        chosen.rename(work / "model.onnx")
+        for leftover in work.glob("*.onnx"):
+            if leftover.name != "model.onnx":
+                leftover.unlink()
 
         progress(f"write: {out}")
-        spec = write_manifest(work, {**manifest, "parity": parity.as_manifest()})
+        spec = write_manifest(work, {**manifest, "parity": report})
         work.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # gone already once renamed
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    progress(f"done: {spec.model_id} in {time.monotonic() - started:.1f}s, peak memory {peak_mib:.0f} MiB")
     return spec
 
 
-def _check_checkpoint(checkpoint: Path) -> None:
-    shown = str(checkpoint)
+class _Gate:
+    """Scores candidate graphs on the parity set and refuses those off the reference."""
+
+    def __init__(
+        self,
+        shown: str,
+        spec: BundleSpec,
+        feeds: list[Feeds],
+        reference: np.ndarray,
+        tolerance: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.shown, self.spec, self.feeds = shown, spec, feeds
+        self.reference, self.tolerance, self.progress = reference, tolerance, progress
+        self.scores: dict[Path, np.ndarray] = {}
+
+    def _score(self, path: Path) -> np.ndarray:
+        if path not in self.scores:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.scores[path] = session_scores(session, self.spec, self.feeds)
+        return self.scores[path]
+
+    def check(self, stage: str, path: Path) -> dict[str, Any]:
+        parity = compare(self.reference, self._score(path), tolerance=self.tolerance,
+                         threshold=self.spec.threshold)
+        self.progress(
+            f"{stage}: {parity.n_pairs} pairs in batches of {', '.join(map(str, PARITY_BATCHES))}: "
+            f"max abs diff {parity.max_abs_diff:.3g}, mean {parity.mean_abs_diff:.3g} "
+            f"(tolerance {self.tolerance:g}), verdicts agree on {parity.decision_agreement:.1%}"
+        )
+        if not parity.ok:
+            raise ExportError(
+                self.shown,
+                f"ONNX Runtime differs from PyTorch by up to {parity.max_abs_diff:.3g} in match "
+                f"probability over {parity.n_pairs} pairs after {stage} "
+                f"(tolerance {self.tolerance:g})",
+            )
+        return parity.as_manifest()
+
+    def check_fp16(self, fp32: Path, fp16: Path) -> dict[str, Any]:
+        half = self._score(fp16)
+        threshold = self.spec.threshold
+        versus_fp32 = compare(self._score(fp32), half, tolerance=None, threshold=threshold)
+        versus_torch = compare(self.reference, half, tolerance=None, threshold=threshold)
+        self.progress(
+            f"fp16: verdicts agree with fp32 on {versus_fp32.decision_agreement:.1%} of "
+            f"{versus_fp32.n_pairs} pairs (need {FP16_MIN_AGREEMENT:.1%}); max abs diff "
+            f"{versus_fp32.max_abs_diff:.3g} from fp32, {versus_torch.max_abs_diff:.3g} from PyTorch"
+        )
+        if not versus_fp32.decision_agreement >= FP16_MIN_AGREEMENT:
+            raise ExportError(
+                self.shown,
+                f"the fp16 graph agrees with fp32 on {versus_fp32.decision_agreement:.1%} of "
+                f"verdicts, below {FP16_MIN_AGREEMENT:.1%}; export in fp32",
+            )
+        return {
+            "fp16_vs_fp32": versus_fp32.as_manifest(),
+            "fp16_vs_pytorch": versus_torch.as_manifest(),
+            "fp16_min_agreement": FP16_MIN_AGREEMENT,
+        }
+
+
+def resolve_checkpoint(checkpoint: Path | str, progress: Callable[[str], None]) -> Path:
+    """A local checkpoint directory: `checkpoint` itself, or a hub id's downloaded snapshot.
+
+    Raises:
+        ExportError: a hub id the hub cannot serve here; the message says to pass a
+            local directory instead. Downloads time out rather than hang.
+    """
+    path = Path(checkpoint)
+    if path.exists() or not _HUB_ID.fullmatch(str(checkpoint)):
+        return path
+    progress(f"load: {checkpoint} is not a local directory; fetching it from the Hugging Face hub")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(checkpoint), etag_timeout=_HUB_TIMEOUT_S))
+    except Exception as exc:  # noqa: BLE001 - hub, network and auth errors all end the same way
+        raise ExportError(
+            str(checkpoint),
+            f"not a local directory, and the Hugging Face hub could not provide it "
+            f"({type(exc).__name__}: {str(exc)[:200]}); on a machine without hub access, "
+            "download the checkpoint elsewhere and pass its directory",
+        ) from None
+
+
+def _default_name(checkpoint: Path | str) -> str:
+    raw = Path(checkpoint).resolve().name if Path(checkpoint).exists() else str(checkpoint)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw.rsplit("/", 1)[-1])
+
+
+def _optimise(source: Path, target: Path) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions, kept portable (no provider-specific rewrites)."""
+    optimised = optimize_model(
+        str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
+    )
+    optimised.save_model_to_file(str(target))
+    return {op: n for op, n in optimised.get_fused_operator_statistics().items() if n}
+
+
+def _to_fp16(shown: str, source: Path, target: Path) -> None:
+    """fp16 weights and arithmetic, with the overflow-prone ops and the ITM head in fp32."""
+    model = OnnxModel(onnx.load(str(source)))
+    head = [node.name for node in model.model.graph.node if "/itm_head/" in node.name]
+    if not head:
+        raise ExportError(shown, "no ITM head nodes found in the graph to keep in fp32")
+    model.convert_float_to_float16(
+        keep_io_types=True, op_block_list=list(FP32_OPS), node_block_list=head
+    )
+    model.save_model_to_file(str(target))
+
+
+def _check_checkpoint(checkpoint: Path, shown: str) -> None:
     if not checkpoint.is_dir():
         raise ExportError(shown, "no such checkpoint directory")
     try:
@@ -176,8 +346,7 @@ def _check_checkpoint(checkpoint: Path) -> None:
         )
 
 
-def _load(checkpoint: Path) -> tuple[BlipForImageTextRetrieval, Any]:
-    shown = str(checkpoint)
+def _load(checkpoint: Path, shown: str) -> tuple[BlipForImageTextRetrieval, Any]:
     try:
         model, info = cast(
             tuple[BlipForImageTextRetrieval, dict[str, Any]],
@@ -210,6 +379,8 @@ def _manifest(
     threshold: float,
     max_text_tokens: int | None,
     opset: int,
+    fp16: bool,
+    max_batch: int,
 ) -> dict[str, Any]:
     image = _image_fields(shown, processor.image_processor)
     tokenizer = processor.tokenizer
@@ -253,6 +424,15 @@ def _manifest(
         },
         "threshold": threshold,
         "calibration": {"method": "none"},
+        "tensorrt": {
+            "fp16": fp16,
+            "profile": {
+                "batch": [1, min(8, max_batch), max_batch],
+                "sequence": [1, min(32, max_text_tokens), max_text_tokens],
+            },
+            "engine_cache": "engines",
+            "timing_cache": "timing",
+        },
         "exporter": {
             "tool": f"itmguard {importlib.metadata.version('itmguard')}",
             "torch": torch.__version__,
@@ -296,27 +476,15 @@ def _image_fields(shown: str, image_processor: Any) -> dict[str, Any]:
 
 
 def _export_onnx(
-    shown: str,
-    wrapper: MatchProbability,
-    path: Path,
-    spec: BundleSpec,
-    encoder: TextEncoder,
-    opset: int,
+    shown: str, wrapper: MatchProbability, path: Path, example: Feeds, opset: int
 ) -> None:
-    # Traced on two real pairs; batch and sequence stay dynamic in the graph.
-    images, captions = sample_pairs()
-    input_ids, attention_mask = encoder.encode(captions[:2])
-    example = (
-        torch.from_numpy(preprocess_images(images[:2], spec.image)),
-        torch.from_numpy(input_ids),
-        torch.from_numpy(attention_mask),
-    )
+    """Trace on a real batch whose captions differ in length, so padding is in the graph."""
     sequence_axes = {0: "batch", 1: "sequence"}
     try:
         with torch.inference_mode():
             torch.onnx.export(
                 wrapper,
-                example,
+                tuple(torch.from_numpy(example[role]) for role in INPUT_NAMES),
                 str(path),
                 input_names=list(INPUT_NAMES),
                 output_names=[OUTPUT_NAME],
@@ -334,8 +502,8 @@ def _export_onnx(
         raise ExportError(shown, f"ONNX export failed: {exc}") from exc
 
 
-def _reference(wrapper: MatchProbability) -> Reference:
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+def _torch_runner(wrapper: MatchProbability) -> Callable[[Feeds], np.ndarray]:
+    def run(feeds: Feeds) -> np.ndarray:
         with torch.inference_mode():
             probabilities = wrapper(*(torch.from_numpy(feeds[role]) for role in INPUT_NAMES))
         return np.asarray(probabilities.numpy())

@@ -146,17 +146,99 @@ def test_manifest_follows_the_checkpoint_processor(exported: Exported) -> None:
 
 
 def test_parity_is_recorded_within_tolerance(exported: Exported) -> None:
-    """bundle.json records PyTorch-vs-ONNX parity over five pairs, within 1e-4."""
+    """bundle.json records parity of the traced and the optimised graph over 63 pairs."""
     parity = exported.spec.raw["parity"]
-    assert parity["n_pairs"] == 5
-    assert parity["tolerance"] == 1e-4
-    assert 0 <= parity["mean_abs_diff"] <= parity["max_abs_diff"] <= 1e-4
+    for stage in ("onnx_vs_pytorch", "optimised_vs_pytorch"):
+        figures = parity[stage]
+        assert figures["n_pairs"] == sum(export.parity.PARITY_BATCHES) == 63
+        assert figures["tolerance"] == 1e-4
+        assert 0 <= figures["mean_abs_diff"] <= figures["max_abs_diff"] <= 1e-4
+        assert figures["decision_agreement"] == 1.0
+    assert parity["precision"] == "fp32"
+    assert parity["fusions"]["SkipLayerNormalization"] > 0
 
 
 def test_progress_reports_each_stage_in_order(exported: Exported) -> None:
-    """One progress line per stage: load, export, verify, write."""
+    """One progress line per stage: load, trace, verify, optimise, write, then a summary."""
     stages = [line.split(":", 1)[0] for line in exported.progress]
-    assert stages == ["load", "export", "verify", "write"]
+    assert stages == ["load", "trace", "verify", "optimise", "optimise", "write", "done"]
+    assert "peak memory" in exported.progress[-1]
+
+
+def test_parity_set_spans_batches_and_caption_lengths(exported: Exported) -> None:
+    """The parity set has batches 1..32 and captions from one token to the token limit."""
+    bundle = load_bundle(exported.bundle)
+    feeds = export.parity.parity_feeds(bundle.spec, bundle.text_encoder())
+    assert [f["input_ids"].shape[0] for f in feeds] == [1, 2, 4, 8, 16, 32]
+    lengths = np.concatenate([f["attention_mask"].sum(axis=1) for f in feeds])
+    assert lengths.min() <= 3 and lengths.max() == bundle.spec.text.max_tokens
+
+
+def test_fp16_export_keeps_verdicts_and_records_agreement(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """An fp16 bundle agrees with fp32 on at least 99.5% of verdicts and says it is fp16."""
+    spec = export_blip(exported.checkpoint, tmp_path / "half", fp16=True, progress=lambda _: None)
+    parity = spec.raw["parity"]
+    assert parity["precision"] == "fp16" and spec.raw["tensorrt"]["fp16"] is True
+    assert parity["fp16_vs_fp32"]["decision_agreement"] >= 0.995
+    assert 0 < parity["fp16_vs_fp32"]["max_abs_diff"] < 0.01
+    fp32_size = (exported.bundle / "model.onnx").stat().st_size
+    assert (tmp_path / "half" / "model.onnx").stat().st_size < 0.7 * fp32_size
+    scorer = OnnxScorer(load_bundle(tmp_path / "half"), providers=("cpu",))
+    assert scorer.score(_posted_images()[:2], CAPTIONS[:2]).shape == (2,)
+
+
+def test_fp16_below_the_agreement_gate_fails(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fp16 graph that changes verdicts too often is refused and leaves no bundle."""
+    monkeypatch.setattr(export.blip, "FP16_MIN_AGREEMENT", 1.01)
+    with pytest.raises(ExportError, match="agrees with fp32 on"):
+        export_blip(exported.checkpoint, tmp_path / "half", fp16=True, progress=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unoptimised_export_keeps_the_plain_graph(exported: Exported, tmp_path: Path) -> None:
+    """--no-optimize leaves ONNX Runtime's fused ops out of the graph (for TensorRT's own)."""
+    import onnx
+
+    export_blip(exported.checkpoint, tmp_path / "plain", optimize=False, progress=lambda _: None)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "plain" / "model.onnx")).graph.node}
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+
+
+def test_tensorrt_profile_and_caches_are_recorded_and_used(exported: Exported, tmp_path: Path) -> None:
+    """bundle.json's TensorRT profile becomes provider options with per-model cache folders."""
+    from worker.scoring import tensorrt_options
+
+    trt = exported.spec.raw["tensorrt"]
+    assert trt["profile"] == {"batch": [1, 8, 32], "sequence": [1, 32, 64]}
+    options = tensorrt_options(load_bundle(exported.bundle), tmp_path)
+    assert options["trt_profile_max_shapes"] == (
+        "pixel_values:32x3x64x64,input_ids:32x64,attention_mask:32x64"
+    )
+    assert options["trt_profile_min_shapes"].startswith("pixel_values:1x3x64x64")
+    cache = tmp_path / exported.spec.model_sha256[:16]
+    assert options["trt_engine_cache_path"] == str(cache / "engines")
+    assert (cache / "timing").is_dir() and options["trt_engine_cache_enable"] is True
+
+
+def test_unreachable_hub_id_fails_fast_with_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id on a machine whose hub is unreachable fails at once, saying to pass a directory."""
+    import time
+
+    from tests.support import free_port
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    started = time.monotonic()
+    with pytest.raises(ExportError, match="pass its directory"):
+        export_blip("Salesforce/blip-itm-base-coco", tmp_path / "b", progress=lambda _: None)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("batch", [1, 6], ids=["single", "batched"])
@@ -260,9 +342,9 @@ def test_failed_parity_leaves_no_bundle(exported: Exported, tmp_path: Path) -> N
 
 def test_export_and_worker_share_one_preprocessing() -> None:
     """Export builds model inputs with the worker's own functions, not copies of them."""
-    assert export.blip.preprocess_images is worker.preprocess.preprocess_images
     assert export.blip.TextEncoder is worker.preprocess.TextEncoder
     assert export.parity.preprocess_images is worker.preprocess.preprocess_images
+    assert export.parity.TextEncoder is worker.preprocess.TextEncoder
 
 
 def test_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:

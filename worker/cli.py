@@ -158,17 +158,27 @@ def export() -> None:
 
 
 @export.command("blip")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Hugging Face BlipForImageTextRetrieval checkpoint directory")
+@click.option("--checkpoint", required=True,
+              help="BlipForImageTextRetrieval checkpoint: a local directory, or a Hugging Face "
+                   "hub id where the hub can be reached")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="bundle directory to write")
-@click.option("--name", default=None, help="bundle name (default: the checkpoint directory's name)")
+@click.option("--name", default=None, help="bundle name (default: the checkpoint's name)")
 @click.option("--version", "version", default="1", show_default=True, help="bundle version")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="match probability below which a post is a mismatch")
 @click.option("--max-text-tokens", default=None, type=click.IntRange(2, 4096),
               help="caption token limit (default: the checkpoint's)")
-def export_blip(checkpoint: Path, out: Path, name: str | None, version: str, threshold: float,
-                max_text_tokens: int | None) -> None:
+@click.option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0, 1),
+              help="largest PyTorch-vs-ONNX difference in match probability accepted")
+@click.option("--optimize/--no-optimize", default=True, show_default=True,
+              help="apply ONNX Runtime transformer fusions (checked by the parity gate)")
+@click.option("--fp16", is_flag=True,
+              help="fp16 bundle with LayerNorm, Softmax and the ITM head kept in fp32")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 1024),
+              help="largest batch in the TensorRT shape profile")
+def export_blip(checkpoint: str, out: Path, name: str | None, version: str, threshold: float,
+                max_text_tokens: int | None, tolerance: float, optimize: bool, fp16: bool,
+                max_batch: int) -> None:
     """Export a BLIP image-text matching checkpoint to an ONNX bundle, checking parity."""
     try:
         from export.blip import export_blip as run_export
@@ -177,7 +187,8 @@ def export_blip(checkpoint: Path, out: Path, name: str | None, version: str, thr
             f"export needs torch and transformers: pip install 'itmguard[export]' ({exc})"
         ) from exc
     spec = run_export(checkpoint, out, name=name, version=version, threshold=threshold,
-                      max_text_tokens=max_text_tokens, progress=lambda m: click.echo(m, err=True))
+                      max_text_tokens=max_text_tokens, tolerance=tolerance, optimize=optimize,
+                      fp16=fp16, max_batch=max_batch, progress=lambda m: click.echo(m, err=True))
     click.echo(json.dumps({"bundle": str(out), "model_id": spec.model_id}))
 
 

@@ -10,7 +10,7 @@ from worker.config import Settings
 from worker.errors import ConfigError
 from worker.logs import logging_dict
 from worker.persistence import check_schema_current, create_engine
-from worker.scoring import OnnxScorer
+from worker.scoring import ORT_PROVIDERS, OnnxScorer
 
 __all__ = ["build_app", "open_scorer", "run_worker"]
 
@@ -26,12 +26,22 @@ def open_scorer(settings: Settings) -> OnnxScorer:
     """
     if settings.bundle is None:
         raise ConfigError("ITMGUARD_BUNDLE", None, "a model bundle directory is required")
-    return OnnxScorer(
-        load_bundle(settings.bundle),
+    bundle = load_bundle(settings.bundle)
+    scorer = OnnxScorer(
+        bundle,
         providers=settings.providers,
         threshold=settings.threshold,
         trt_cache_dir=settings.trt_cache_dir,
     )
+    profile = bundle.spec.raw.get("tensorrt", {}).get("profile")
+    if scorer.provider == ORT_PROVIDERS["tensorrt"] and profile and settings.max_batch > profile["batch"][2]:
+        raise ConfigError(
+            "ITMGUARD_MAX_BATCH",
+            settings.max_batch,
+            f"exceeds the bundle's TensorRT profile ({profile['batch'][2]}); lower it or "
+            "re-export with a larger --max-batch",
+        )
+    return scorer
 
 
 def build_app(settings: Settings) -> faust.App:

@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "'itmguard[cpu]' (onnxruntime) or, on NVIDIA GPUs, 'itmguard[gpu]' (onnxruntime-gpu)"
     ) from exc
 
-__all__ = ["ORT_PROVIDERS", "OnnxScorer", "Scorer", "choose_providers"]
+__all__ = ["ORT_PROVIDERS", "OnnxScorer", "Scorer", "choose_providers", "tensorrt_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +64,42 @@ def choose_providers(allowed: Sequence[str], available: Sequence[str]) -> list[s
     return chosen
 
 
-def _provider_options(name: str, bundle: Bundle, trt_cache_dir: Path) -> dict[str, Any]:
-    if name != ORT_PROVIDERS["tensorrt"]:
-        return {}
-    cache = trt_cache_dir / bundle.spec.model_sha256[:16]
-    cache.mkdir(parents=True, exist_ok=True)
-    return {
-        "trt_fp16_enable": bool(bundle.spec.raw.get("tensorrt", {}).get("fp16", False)),
+def tensorrt_options(bundle: Bundle, cache_dir: Path) -> dict[str, Any]:
+    """TensorRT provider options from the bundle's `tensorrt` section.
+
+    Engines and timing caches live under `cache_dir/<model hash>/`, so a restart
+    reuses them and a new model never picks up an old model's engines.
+    """
+    spec = bundle.spec
+    trt = spec.raw.get("tensorrt", {})
+    root = cache_dir / spec.model_sha256[:16]
+    engines = root / trt.get("engine_cache", "engines")
+    timing = root / trt.get("timing_cache", "timing")
+    engines.mkdir(parents=True, exist_ok=True)
+    timing.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {
+        "trt_fp16_enable": bool(trt.get("fp16", False)),
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(cache),
+        "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(cache),
+        "trt_timing_cache_path": str(timing),
     }
+    profile = trt.get("profile")
+    if profile is not None:
+        names, image = spec.input_names, spec.image
+
+        def shapes(batch: int, sequence: int) -> str:
+            return (
+                f"{names['pixel_values']}:{batch}x3x{image.height}x{image.width},"
+                f"{names['input_ids']}:{batch}x{sequence},"
+                f"{names['attention_mask']}:{batch}x{sequence}"
+            )
+
+        for i, level in enumerate(("min", "opt", "max")):
+            options[f"trt_profile_{level}_shapes"] = shapes(
+                profile["batch"][i], profile["sequence"][i]
+            )
+    return options
 
 
 class OnnxScorer:
@@ -99,7 +123,10 @@ class OnnxScorer:
         self.model_id = bundle.spec.model_id
         self.threshold = bundle.spec.threshold if threshold is None else threshold
         names = choose_providers(providers, ort.get_available_providers())
-        options = [_provider_options(n, bundle, trt_cache_dir) for n in names]
+        options = [
+            tensorrt_options(bundle, trt_cache_dir) if n == ORT_PROVIDERS["tensorrt"] else {}
+            for n in names
+        ]
         self._session = ort.InferenceSession(
             str(bundle.model_path), providers=list(zip(names, options, strict=True))
         )
