@@ -10,8 +10,9 @@ import numpy as np
 from PIL import Image
 
 from tests.support import post_event, shape_image
-from worker.batch import Record, score_records
+from worker.batch import Outcome, Record, image_urls, parse_records, score_parsed
 from worker.config import FetchLimits
+from worker.errors import ImageFetchTimeout
 
 
 @dataclass
@@ -30,6 +31,12 @@ class FakeScorer:
 
 def _rec(payload: bytes, offset: int = 0) -> Record:
     return Record(payload, topic="posts", partition=0, offset=offset)
+
+
+def score_records(
+    records: list[Record], scorer: FakeScorer, limits: FetchLimits, fetched: dict | None = None
+) -> list[Outcome]:
+    return score_parsed(parse_records(records), scorer, limits, fetched=fetched)
 
 
 def test_good_records_are_scored_in_one_call_and_decided() -> None:
@@ -54,7 +61,8 @@ def test_bad_records_get_error_verdicts_and_dead_letters_in_place() -> None:
         _rec(post_event("txt", "a red circle", b"not an image"), 3),
         _rec(json.dumps({"post_id": "url", "caption": "c", "image": {"url": "https://x/y"}}).encode(), 4),
     ]
-    outcomes = score_records(records, scorer, FetchLimits())
+    fetched = {"https://x/y": ImageFetchTimeout("no answer")}
+    outcomes = score_records(records, scorer, FetchLimits(), fetched)
     assert [o.record.offset for o in outcomes] == [0, 1, 2, 3, 4]
     assert outcomes[0].verdict is None and outcomes[0].dead_letter["reason"] == "invalid_json"
     assert outcomes[1].verdict.verdict == "match" and outcomes[1].dead_letter is None
@@ -62,7 +70,7 @@ def test_bad_records_get_error_verdicts_and_dead_letters_in_place() -> None:
     assert codes == [
         ("nocap", "invalid_event", "invalid_event"),
         ("txt", "image_decode_failed", "image_decode_failed"),
-        ("url", "image_source_unsupported", "image_source_unsupported"),
+        ("url", "image_fetch_timeout", "image_fetch_timeout"),
     ]
     assert scorer.calls == [1]
 
@@ -105,3 +113,17 @@ def test_event_time_prefers_created_at_then_kafka_timestamp() -> None:
     a, b = score_records(records, FakeScorer(lambda *_: 0.9), FetchLimits())
     assert a.verdict.event_time == datetime(2026, 11, 28, 10, tzinfo=UTC)
     assert b.verdict.event_time == stamp
+
+
+def test_fetched_url_images_are_scored_with_the_inline_ones() -> None:
+    """URL events list their URL once for fetching and score from the fetched bytes."""
+    image = shape_image("blue", "square")
+    url_event = {"post_id": "u", "caption": "a blue square", "image": {"url": "https://img/a.png"}}
+    records = [_rec(json.dumps(url_event).encode()), _rec(json.dumps(url_event | {"post_id": "v"}).encode()),
+               _rec(post_event("i", "inline", image))]
+    parsed = parse_records(records)
+    assert image_urls(parsed) == ["https://img/a.png"]
+    scorer = FakeScorer(lambda *_: 0.9)
+    outcomes = score_parsed(parsed, scorer, FetchLimits(), fetched={"https://img/a.png": image})
+    assert [o.verdict.verdict for o in outcomes] == ["match", "match", "match"]
+    assert scorer.calls == [3]

@@ -36,8 +36,7 @@ def test_environment_values_are_parsed() -> None:
     assert settings.threshold == 0.25
     assert settings.providers == ("cuda", "cpu")
     assert settings.bundle == Path("/models/x")
-    assert settings.fetch_limits == FetchLimits(max_pixels=1000)
-    assert settings.image_allow_hosts == ("img.local", "cdn.local")
+    assert settings.fetch_limits == FetchLimits(max_pixels=1000, allow_hosts=("img.local", "cdn.local"))
 
 
 def test_flags_win_over_environment() -> None:
@@ -61,6 +60,8 @@ def test_flags_win_over_environment() -> None:
         ("ITMGUARD_KAFKA_BOOTSTRAP", "localhost", "not host:port"),
         ("ITMGUARD_POSTS_TOPIC", "bad topic!", "topic name"),
         ("ITMGUARD_LOG_LEVEL", "loud", "choose from"),
+        ("ITMGUARD_IMAGE_ALLOW_HTTP", "maybe", "true or false"),
+        ("ITMGUARD_IMAGE_TIMEOUT_S", "0", "between 0.1 and 300.0"),
     ],
 )
 def test_bad_values_name_the_setting(env: str, value: str, says: str) -> None:

@@ -11,6 +11,7 @@ batch, and the idempotent writes absorb the repeat.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +25,10 @@ import sqlalchemy as sa
 import structlog
 from aiokafka.errors import KafkaError
 
-from worker.batch import Outcome, Record, score_records
+from worker.batch import Outcome, Record, image_urls, parse_records, score_parsed
 from worker.config import Settings
 from worker.errors import BrokerUnavailable
+from worker.fetch import ImageFetcher
 from worker.persistence import write_outcomes
 from worker.retry import retry_forever
 from worker.scoring import Scorer
@@ -57,6 +59,7 @@ class BatchHandler:
         self._flags = flags
         self._dead_letters = dead_letters
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-batch")
+        self.fetcher = ImageFetcher(settings.fetch_limits)
         self._batches = 0
 
     async def handle(self, records: Sequence[Record]) -> list[Outcome]:
@@ -67,8 +70,13 @@ class BatchHandler:
     async def _handle(self, records: Sequence[Record]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        parsed = await loop.run_in_executor(self._executor, parse_records, records)
+        fetched = await self.fetcher.fetch_all(image_urls(parsed))
         outcomes = await loop.run_in_executor(
-            self._executor, score_records, records, self._scorer, self._settings.fetch_limits
+            self._executor,
+            functools.partial(
+                score_parsed, parsed, self._scorer, self._settings.fetch_limits, fetched=fetched
+            ),
         )
         scored = loop.time()
         _log_outcomes(outcomes)
@@ -151,6 +159,10 @@ def create_app(settings: Settings, scorer: Scorer, engine: sa.Engine) -> faust.A
         dead_letters=app.topic(settings.dlq_topic),
     )
     within = settings.max_wait_ms / 1000
+
+    @app.on_before_shutdown.connect
+    async def close_fetcher(app: faust.App, **kwargs: Any) -> None:
+        await handler.fetcher.close()
 
     @app.agent(posts, name="score_posts")
     async def score_posts(stream: faust.StreamT[bytes]) -> None:

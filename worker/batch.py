@@ -1,15 +1,16 @@
 """One batch of raw messages in, one outcome per message out.
 
 This is the whole scoring path with no Kafka and no database in it: the Faust
-agent and `itmguard score --input` both call `score_records` and differ only
-in where records come from and where outcomes go. Every record yields exactly
+agent and `itmguard score --input` both call `parse_records`, fetch
+`image_urls`, then `score_parsed`, and differ only in where records come from
+and where outcomes go. Every record yields exactly
 one `Outcome`; a bad record never takes its batch down with it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import structlog
 from PIL import Image
 
 from worker.config import FetchLimits
-from worker.errors import ImageSourceUnsupported, InferenceFailed, InputError
+from worker.errors import InferenceFailed, InputError
 from worker.events import PostEvent, dead_letter_message, parse_post_event, peek_post_id
 from worker.images import decode_image
 from worker.verdicts import Verdict, decide
@@ -26,7 +27,7 @@ from worker.verdicts import Verdict, decide
 if TYPE_CHECKING:
     from worker.scoring import Scorer
 
-__all__ = ["Outcome", "Record", "score_records"]
+__all__ = ["Outcome", "Parsed", "Record", "image_urls", "parse_records", "score_parsed"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,34 +57,70 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Parsed:
+    """A record after validation: its event, or the reason it has none."""
+
+    record: Record
+    event: PostEvent | None
+    error: InputError | None
+
+
+@dataclass(frozen=True)
 class _Ready:
     record: Record
     event: PostEvent
     image: Image.Image
 
 
-def score_records(
-    records: Sequence[Record],
+def parse_records(records: Sequence[Record]) -> list[Parsed]:
+    """Validate every record against the post-event schema."""
+    parsed = []
+    for record in records:
+        try:
+            parsed.append(Parsed(record, parse_post_event(record.payload), None))
+        except InputError as exc:
+            parsed.append(Parsed(record, None, exc))
+    return parsed
+
+
+def image_urls(parsed: Sequence[Parsed]) -> list[str]:
+    """The image URLs to fetch before `score_parsed`, each once."""
+    return list(dict.fromkeys(p.event.image.url for p in parsed if p.event and p.event.image.url))
+
+
+def score_parsed(
+    parsed: Sequence[Parsed],
     scorer: Scorer,
     limits: FetchLimits,
     *,
+    fetched: Mapping[str, bytes | InputError] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[Outcome]:
-    """Validate, decode and score `records`; outcomes come back in record order."""
+    """Decode and score parsed records; outcomes come back in record order.
+
+    `fetched` maps each of `image_urls(parsed)` to its bytes or its fetch error.
+    """
+    fetched = fetched or {}
     outcomes: dict[int, Outcome] = {}
     ready: list[tuple[int, _Ready]] = []
-    for i, record in enumerate(records):
+    for i, item in enumerate(parsed):
         try:
-            event = parse_post_event(record.payload)
-            if event.image.data is None:
-                raise ImageSourceUnsupported("image.url is not fetched by this worker version")
-            ready.append((i, _Ready(record, event, decode_image(event.image.data, limits))))
+            if item.error is not None:
+                raise item.error
+            assert item.event is not None
+            source = item.event.image
+            data = source.data if source.url is None else fetched[source.url]
+            if isinstance(data, InputError):
+                raise data
+            assert data is not None
+            ready.append((i, _Ready(item.record, item.event, decode_image(data, limits))))
         except InputError as exc:
-            outcomes[i] = _failed(record, peek_post_id(record.payload), exc, scorer, clock())
+            post_id = item.event.post_id if item.event else peek_post_id(item.record.payload)
+            outcomes[i] = _failed(item.record, post_id, exc, scorer, clock(), item.event)
     scores = _score_all([item for _, item in ready], scorer)
-    for (index, item), score in zip(ready, scores, strict=True):
-        outcomes[index] = _scored(item, score, scorer, clock())
-    return [outcomes[i] for i in range(len(records))]
+    for (index, ready_item), score in zip(ready, scores, strict=True):
+        outcomes[index] = _scored(ready_item, score, scorer, clock())
+    return [outcomes[i] for i in range(len(parsed))]
 
 
 def _score_all(items: list[_Ready], scorer: Scorer) -> list[float]:

@@ -29,6 +29,12 @@ _SCORE = (
     "ITMGUARD_MAX_BATCH",
     "ITMGUARD_IMAGE_MAX_BYTES",
     "ITMGUARD_IMAGE_MAX_PIXELS",
+    "ITMGUARD_IMAGE_ALLOW_HOSTS",
+    "ITMGUARD_IMAGE_ALLOW_HTTP",
+    "ITMGUARD_IMAGE_TIMEOUT_S",
+    "ITMGUARD_IMAGE_CONNECT_TIMEOUT_S",
+    "ITMGUARD_IMAGE_MAX_REDIRECTS",
+    "ITMGUARD_IMAGE_RETRIES",
     "ITMGUARD_LOG_LEVEL",
 )
 _DB = ("ITMGUARD_DATABASE_URL", "ITMGUARD_LOG_LEVEL")
@@ -90,7 +96,8 @@ def worker(**flags: str | None) -> None:
 @click.argument("caption", required=False)
 def score(input_file: Any, image: Path | None, caption: str | None, **flags: str | None) -> None:
     """Score IMAGE against CAPTION, or every post event in --input; one verdict JSON per line."""
-    from worker.batch import Record, score_records
+    from worker.batch import Record, image_urls, parse_records, score_parsed
+    from worker.fetch import fetch_urls
     from worker.runtime import open_scorer
 
     if (input_file is None) == (image is None) or (image is not None and caption is None):
@@ -107,10 +114,13 @@ def score(input_file: Any, image: Path | None, caption: str | None, **flags: str
     else:
         records = _batches(input_file, settings.max_batch)
     for batch in records:
-        for outcome in score_records(batch, scorer, settings.fetch_limits):
+        parsed = parse_records(batch)
+        fetched = fetch_urls(settings.fetch_limits, image_urls(parsed))
+        for outcome in score_parsed(parsed, scorer, settings.fetch_limits, fetched=fetched):
             if outcome.verdict is not None:
                 click.echo(json.dumps(outcome.verdict.to_message()))
             else:
+                assert outcome.dead_letter is not None
                 click.echo(
                     f"line {outcome.record.offset}: {outcome.dead_letter['reason']} "
                     f"(no usable post_id)", err=True,

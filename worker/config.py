@@ -34,10 +34,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """What one image may cost to read and decode."""
+    """What one image may cost to fetch and decode, and where it may come from."""
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 3.0
+    max_redirects: int = 3
+    retries: int = 2
+    allow_http: bool = False
+    allow_hosts: tuple[str, ...] = ()
 
 
 DEFAULT_FETCH_LIMITS = FetchLimits()
@@ -60,7 +66,6 @@ class Settings:
     providers: tuple[str, ...] = PROVIDERS
     trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt"
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
-    image_allow_hosts: tuple[str, ...] = ()
     session_timeout_s: float = 10.0
     heartbeat_s: float = 1.0
     log_level: str = "info"
@@ -136,6 +141,15 @@ def _float_in(lo: float, hi: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -237,8 +251,19 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "largest encoded image accepted, in bytes"),
     SettingSpec("ITMGUARD_IMAGE_MAX_PIXELS", "fetch_limits.max_pixels", _int_in(1, 1 << 32),
                 "largest decoded image accepted, in pixels (width x height)"),
-    SettingSpec("ITMGUARD_IMAGE_ALLOW_HOSTS", "image_allow_hosts", _csv,
-                "image hosts allowed even on private or loopback addresses, comma separated"),
+    SettingSpec("ITMGUARD_IMAGE_ALLOW_HOSTS", "fetch_limits.allow_hosts", _csv,
+                "image hosts (names, addresses or networks) allowed even on private or "
+                "loopback addresses, comma separated"),
+    SettingSpec("ITMGUARD_IMAGE_ALLOW_HTTP", "fetch_limits.allow_http", _bool,
+                "fetch image URLs over plain http too (https only by default)"),
+    SettingSpec("ITMGUARD_IMAGE_TIMEOUT_S", "fetch_limits.timeout_s", _float_in(0.1, 300.0),
+                "total time allowed for one image fetch, in seconds"),
+    SettingSpec("ITMGUARD_IMAGE_CONNECT_TIMEOUT_S", "fetch_limits.connect_timeout_s",
+                _float_in(0.1, 60.0), "time allowed to connect to an image host, in seconds"),
+    SettingSpec("ITMGUARD_IMAGE_MAX_REDIRECTS", "fetch_limits.max_redirects", _int_in(0, 10),
+                "redirects followed per image URL"),
+    SettingSpec("ITMGUARD_IMAGE_RETRIES", "fetch_limits.retries", _int_in(0, 5),
+                "retries of an image fetch after a transient failure (timeout, 5xx, 429)"),
     SettingSpec("ITMGUARD_SESSION_TIMEOUT_S", "session_timeout_s", _float_in(1.0, 300.0),
                 "Kafka consumer session timeout in seconds"),
     SettingSpec("ITMGUARD_HEARTBEAT_S", "heartbeat_s", _float_in(0.1, 60.0),

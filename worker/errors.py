@@ -16,7 +16,10 @@ Pillow, jsonschema) are translated at the edge that meets them.
     │   ├── ImageTooLarge           encoded image over the byte limit
     │   ├── ImageTooManyPixels      decoded size over the pixel limit (decompression bomb)
     │   ├── ImageDecodeFailed       bytes are not a decodable image
-    │   ├── ImageSourceUnsupported  the image source cannot be read by this worker
+    │   ├── ImageUrlForbidden       bad scheme, or the host is a private/loopback/... address
+    │   ├── ImageFetchTimeout       the image server did not answer in time
+    │   ├── ImageFetchFailed        HTTP error status, refused connection, too many redirects
+    │   ├── ImageTypeRefused        the server's content type is not an image type we decode
     │   └── InferenceFailed         the model raised on this post alone
     └── InfraError                  something outside the post failed; retried, never dead-lettered
         ├── DatabaseUnavailable
@@ -40,9 +43,12 @@ __all__ = [
     "DatabaseUnavailable",
     "ExportError",
     "ImageDecodeFailed",
-    "ImageSourceUnsupported",
+    "ImageFetchFailed",
+    "ImageFetchTimeout",
     "ImageTooLarge",
     "ImageTooManyPixels",
+    "ImageTypeRefused",
+    "ImageUrlForbidden",
     "InferenceFailed",
     "InfraError",
     "InputError",
@@ -149,10 +155,28 @@ class ImageDecodeFailed(InputError):
     code = "image_decode_failed"
 
 
-class ImageSourceUnsupported(InputError):
-    """The event names an image source this worker does not read."""
+class ImageUrlForbidden(InputError):
+    """The URL's scheme is not allowed, or its host is an address posts may not reach."""
 
-    code = "image_source_unsupported"
+    code = "image_url_forbidden"
+
+
+class ImageFetchTimeout(InputError):
+    """The image server did not answer completely within the timeouts."""
+
+    code = "image_fetch_timeout"
+
+
+class ImageFetchFailed(InputError):
+    """The image could not be fetched: HTTP error, refused connection, redirect loop."""
+
+    code = "image_fetch_failed"
+
+
+class ImageTypeRefused(InputError):
+    """The server's content type is not an image type the worker decodes."""
+
+    code = "image_type_refused"
 
 
 class InferenceFailed(InputError):
