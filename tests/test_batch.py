@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,11 @@ def test_good_records_are_scored_in_one_call_and_decided() -> None:
     assert scorer.calls == [2]
     assert [(o.verdict.post_id, o.verdict.verdict) for o in outcomes] == [("a", "match"), ("b", "mismatch")]
     assert all(o.dead_letter is None for o in outcomes)
+    assert outcomes[0].review is None
+    review = outcomes[1].review
+    assert (review.caption, review.image_url) == ("a blue one", None)
+    thumb = Image.open(io.BytesIO(review.thumbnail))
+    assert thumb.format == "JPEG" and max(thumb.size) <= 256
 
 
 def test_bad_records_get_error_verdicts_and_dead_letters_in_place() -> None:
@@ -127,3 +133,5 @@ def test_fetched_url_images_are_scored_with_the_inline_ones() -> None:
     outcomes = score_parsed(parsed, scorer, FetchLimits(), fetched={"https://img/a.png": image})
     assert [o.verdict.verdict for o in outcomes] == ["match", "match", "match"]
     assert scorer.calls == [3]
+    flagged = score_parsed(parsed, FakeScorer(lambda *_: 0.1), FetchLimits(), fetched={"https://img/a.png": image})
+    assert (flagged[0].review.image_url, flagged[0].review.thumbnail) == ("https://img/a.png", None)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from worker.batch import Outcome, Record
+from worker.batch import Outcome, Record, ReviewContent
 from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
 from worker.persistence import check_schema_current, create_engine, write_outcomes
 from worker.verdicts import Verdict
@@ -19,10 +19,12 @@ NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 
 def _outcome(post_id: str, verdict: str, score: float | None, offset: int = 0) -> Outcome:
     code = "invalid_event" if verdict == "error" else None
+    review = ReviewContent(f"caption of {post_id}", None, b"\xff\xd8jpeg") if verdict == "mismatch" else None
     return Outcome(
         Record(b"", topic="posts", partition=1, offset=offset),
         Verdict(post_id, "m@1", score, 0.5, verdict, code, NOW, None),  # type: ignore[arg-type]
         None,
+        review,
     )
 
 
@@ -41,7 +43,10 @@ def test_writes_are_idempotent_and_mismatches_are_queued(database_url: str) -> N
     assert [(r.post_id, r.verdict, r.error_code, r.partition) for r in rows] == [
         ("a", "match", None, 1), ("b", "mismatch", None, 1), ("c", "error", "invalid_event", 1),
     ]
-    assert [(r.post_id, r.status) for r in _rows(engine, "review_items")] == [("b", "pending")]
+    queued = _rows(engine, "review_items")
+    assert [(r.post_id, r.status, r.caption, r.thumbnail) for r in queued] == [
+        ("b", "pending", "caption of b", b"\xff\xd8jpeg")
+    ]
     engine.dispose()
 
 

@@ -9,6 +9,7 @@ one `Outcome`; a bad record never takes its batch down with it.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,17 @@ from worker.verdicts import Verdict, decide
 if TYPE_CHECKING:
     from worker.scoring import Scorer
 
-__all__ = ["Outcome", "Parsed", "Record", "image_urls", "parse_records", "score_parsed"]
+__all__ = [
+    "THUMBNAIL_SIZE",
+    "Outcome",
+    "Parsed",
+    "Record",
+    "ReviewContent",
+    "image_urls",
+    "parse_records",
+    "score_parsed",
+    "thumbnail_jpeg",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +65,31 @@ class Outcome:
     record: Record
     verdict: Verdict | None
     dead_letter: dict[str, Any] | None
+    review: ReviewContent | None = None
+
+
+@dataclass(frozen=True)
+class ReviewContent:
+    """What a moderator needs to judge a mismatch without another system.
+
+    Inline images keep a small JPEG thumbnail; URL images keep their URL.
+    """
+
+    caption: str
+    image_url: str | None
+    thumbnail: bytes | None
+
+
+THUMBNAIL_SIZE = 256
+
+
+def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A JPEG no larger than `size` on its longer side."""
+    small = image.copy()
+    small.thumbnail((size, size))
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=80)
+    return out.getvalue()
 
 
 @dataclass(frozen=True)
@@ -163,7 +199,15 @@ def _scored(item: _Ready, score: float, scorer: Scorer, now: datetime) -> Outcom
         scored_at=now,
         event_time=_event_time(item.record, item.event),
     )
-    return Outcome(item.record, verdict, None)
+    review = None
+    if verdict.verdict == "mismatch":
+        source = item.event.image
+        review = ReviewContent(
+            caption=item.event.caption,
+            image_url=source.url,
+            thumbnail=thumbnail_jpeg(item.image) if source.url is None else None,
+        )
+    return Outcome(item.record, verdict, None, review)
 
 
 def _failed(

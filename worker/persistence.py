@@ -62,6 +62,10 @@ review_items = sa.Table(
     sa.Column("threshold", sa.Float, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("caption", sa.Text, nullable=False),
+    sa.Column("image_url", sa.Text),
+    sa.Column("thumbnail", sa.LargeBinary),
+    sa.Column("event_time", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("post_id", "model_id", name="uq_review_items_post_model"),
 )
 
@@ -99,12 +103,7 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
         constraint="uq_verdicts_post_model",
         set_={c: statement.excluded[c] for c in rows[0] if c not in ("post_id", "model_id")},
     )
-    queue = [
-        {k: row[k] for k in ("post_id", "model_id", "score", "threshold")}
-        | {"status": "pending", "created_at": row["scored_at"]}
-        for row in rows
-        if row["verdict"] == "mismatch"
-    ]
+    queue = list(_review_rows(outcomes).values())
     with _translated(), engine.begin() as conn:
         conn.execute(upsert, rows)
         if queue:
@@ -115,6 +114,27 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
                 queue,
             )
     return len(rows)
+
+
+def _review_rows(outcomes: Sequence[Outcome]) -> dict[tuple[str, str], dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for outcome in outcomes:
+        v, review = outcome.verdict, outcome.review
+        if v is None or v.post_id is None or review is None:
+            continue
+        rows[(v.post_id, v.model_id)] = {
+            "post_id": v.post_id,
+            "model_id": v.model_id,
+            "score": v.score,
+            "threshold": v.threshold,
+            "status": "pending",
+            "created_at": v.scored_at,
+            "caption": review.caption,
+            "image_url": review.image_url,
+            "thumbnail": review.thumbnail,
+            "event_time": v.event_time,
+        }
+    return rows
 
 
 def _verdict_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
