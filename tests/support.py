@@ -12,14 +12,18 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 from PIL import Image, ImageDraw
+
+from worker.embedded import create_topics
 
 
 ADMIN_DATABASE_URL = os.environ.get(
@@ -138,3 +142,43 @@ def wait_for_rows(url: str, n: int, timeout: float, *, proc: subprocess.Popen[by
             raise AssertionError(f"worker exited with {proc.returncode} before {n} verdicts")
         time.sleep(0.5)
     raise AssertionError(f"only {count_rows(url)} of {n} verdicts after {timeout}s")
+
+
+def worker_env(
+    broker: str, database_url: str, bundle: Path, name: str, threshold: float, **extra: str
+) -> dict[str, str]:
+    """Environment for a test worker: its own topics and group, fast batches and group joins."""
+    return {
+        "ITMGUARD_KAFKA_BOOTSTRAP": broker,
+        "ITMGUARD_DATABASE_URL": database_url,
+        "ITMGUARD_BUNDLE": str(bundle),
+        "ITMGUARD_POSTS_TOPIC": f"{name}-posts",
+        "ITMGUARD_FLAGS_TOPIC": f"{name}-flags",
+        "ITMGUARD_DLQ_TOPIC": f"{name}-dlq",
+        "ITMGUARD_GROUP_ID": f"{name}-group",
+        "ITMGUARD_MAX_BATCH": "32",
+        "ITMGUARD_MAX_WAIT_MS": "100",
+        "ITMGUARD_THRESHOLD": repr(threshold),
+        "ITMGUARD_PROVIDERS": "cpu",
+        "ITMGUARD_SESSION_TIMEOUT_S": "10",
+        "ITMGUARD_HEARTBEAT_S": "1",
+        **extra,
+    }
+
+
+def create_worker_topics(broker: str, name: str, partitions: int = 4) -> None:
+    create_topics(broker, {f"{name}-posts": partitions, f"{name}-flags": 2, f"{name}-dlq": 1})
+
+
+@dataclass
+class FakeScorer:
+    """Scores each pair with `rule`; records the batch sizes it was called with."""
+
+    rule: Callable[[Image.Image, str], float]
+    model_id: str = "fake@1"
+    threshold: float = 0.5
+    calls: list[int] = field(default_factory=list)
+
+    def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+        self.calls.append(len(images))
+        return np.asarray([self.rule(i, c) for i, c in zip(images, captions, strict=True)])

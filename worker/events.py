@@ -83,9 +83,20 @@ def peek_post_id(payload: bytes) -> str | None:
     except InvalidJson:
         return None
     post_id = doc.get("post_id") if isinstance(doc, dict) else None
-    if isinstance(post_id, str) and 0 < len(post_id) <= 256:
+    if isinstance(post_id, str) and 0 < len(post_id) <= 256 and _storable(post_id):
         return post_id
     return None
+
+
+def _storable(text: str) -> bool:
+    """Postgres text holds no NUL, and UTF-8 holds no unpaired surrogate (JSON allows both)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_post_event(payload: bytes) -> PostEvent:
@@ -102,6 +113,10 @@ def parse_post_event(payload: bytes) -> PostEvent:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidEvent(f"{where}: fails '{error.validator}' of the post-event schema")
     image = doc["image"]
+    for where, text in (("post_id", doc["post_id"]), ("caption", doc["caption"]),
+                        ("author_id", doc.get("author_id", "")), ("image/url", image.get("url", ""))):
+        if not _storable(text):
+            raise InvalidEvent(f"{where}: holds a NUL character or an unpaired surrogate")
     if "data" in image:
         try:
             source = ImageSource(data=base64.b64decode(image["data"], validate=True))
