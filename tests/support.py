@@ -9,9 +9,11 @@ import io
 import json
 import os
 import random
+import struct
 import subprocess
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -182,3 +184,69 @@ class FakeScorer:
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         self.calls.append(len(images))
         return np.asarray([self.rule(i, c) for i, c in zip(images, captions, strict=True)])
+
+
+def pooled_events(n: int, prefix: str, *, seed: int = 0) -> list[tuple[bytes | None, bytes]]:
+    """`n` valid `(key, event)` messages over a pool of 12 generated images; captions vary."""
+    rng = random.Random(seed)
+    pool = [shape_image(c, s, seed=i) for i, (c, s) in enumerate(
+        (c, s) for c in COLOURS for s in SHAPES
+    )]
+    messages: list[tuple[bytes | None, bytes]] = []
+    for i in range(n):
+        post_id = f"{prefix}-{i:05d}"
+        caption = rng.choice(["a red circle", "a blue square"])
+        messages.append((post_id.encode(), post_event(post_id, caption, rng.choice(pool))))
+    return messages
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares `width` x `height` but holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def poison_corpus(rounds: int = 40) -> list[tuple[str | None, str, bytes]]:
+    """At least 500 bad events as `(post_id or None, expected reason, payload)`."""
+    rng = random.Random(11)
+    jpeg = shape_image("red", "circle", fmt="JPEG")
+    png = shape_image("blue", "square")
+    bomb = base64.b64encode(png_header(50_000, 50_000)).decode()
+
+    def event(post_id: str, **fields: object) -> bytes:
+        doc: dict[str, object] = {"post_id": post_id, "caption": "a red circle",
+                                  "image": {"data": base64.b64encode(png).decode()}}
+        doc.update(fields)
+        return json.dumps({k: v for k, v in doc.items() if v is not None}).encode()
+
+    def data(raw: bytes) -> dict[str, str]:
+        return {"data": base64.b64encode(raw).decode()}
+
+    cases: list[tuple[str | None, str, bytes]] = []
+    for i in range(rounds):
+        p = f"poison-{i:03d}"
+        cases += [
+            (None, "invalid_json", b'{"post_id": "' + p.encode() + b'", "caption": '),
+            (None, "invalid_json", bytes(rng.randrange(256) for _ in range(64)) + b"\xff"),
+            (f"{p}-type", "invalid_event", event(f"{p}-type", caption=rng.choice([7, [], {}, True]))),
+            (f"{p}-miss", "invalid_event", event(f"{p}-miss", caption=None)),
+            (f"{p}-extra", "invalid_event", event(f"{p}-extra", surprise=1)),
+            (f"{p}-empty", "invalid_event", event(f"{p}-empty", caption="")),
+            (f"{p}-long", "invalid_event", event(f"{p}-long", caption="x" * (1_000_000 if i < 3 else 6000))),
+            (f"{p}-nul", "invalid_event", event(f"{p}-nul", caption="nul \x00 here")),
+            (f"{p}-trunc", "image_decode_failed",
+             event(f"{p}-trunc", image=data(jpeg[: rng.randint(10, len(jpeg) - 10)]))),
+            (f"{p}-corrupt", "image_decode_failed",
+             event(f"{p}-corrupt", image=data(png[:40] + bytes(200) + png[240:]))),
+            (f"{p}-zero", "invalid_event", event(f"{p}-zero", image={"data": ""})),
+            (f"{p}-bomb", "image_too_many_pixels", event(f"{p}-bomb", image={"data": bomb})),
+            (f"{p}-text", "image_decode_failed", event(f"{p}-text", image=data(b"GIF89a? no, text"))),
+        ]
+    for i in range(3):
+        cases.append((f"poison-huge-{i}", "image_too_large",
+                      event(f"poison-huge-{i}", image=data(bytes(1_200_000)))))
+    return cases

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
-from tests.support import shape_image
+from tests.support import png_header, shape_image
 from worker.config import FetchLimits
 from worker.errors import ImageDecodeFailed, ImageTooLarge, ImageTooManyPixels
 from worker.images import decode_image
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header declares a huge canvas, with (almost) no pixel data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
@@ -51,14 +41,14 @@ def test_too_many_bytes_is_refused_before_decoding() -> None:
 def test_pixel_bomb_is_refused_from_its_header() -> None:
     """A 50,000 x 50,000 PNG header is refused with ImageTooManyPixels carrying the count."""
     with pytest.raises(ImageTooManyPixels) as info:
-        decode_image(_png_header_only(50_000, 50_000), FetchLimits())
+        decode_image(png_header(50_000, 50_000), FetchLimits())
     assert info.value.actual == 2_500_000_000
 
 
 @pytest.mark.parametrize(
     "data",
     [b"", b"plain text, not an image", shape_image("red", "circle", fmt="JPEG")[:300],
-     _png_header_only(10, 10)],
+     png_header(10, 10)],
     ids=["empty", "text", "truncated-jpeg", "png-without-pixels"],
 )
 def test_broken_images_are_decode_failures(data: bytes) -> None:

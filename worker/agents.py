@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Sequence
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import gettempdir
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import sqlalchemy as sa
@@ -27,7 +30,7 @@ from aiokafka.errors import KafkaError
 
 from worker.batch import Outcome, Record, image_urls, parse_records, score_parsed
 from worker.config import Settings
-from worker.errors import BrokerUnavailable
+from worker.errors import BatchAbandoned, BrokerUnavailable
 from worker.fetch import ImageFetcher
 from worker.persistence import write_outcomes
 from worker.retry import retry_forever
@@ -52,6 +55,7 @@ class BatchHandler:
         engine: sa.Engine,
         flags: faust.TopicT,
         dead_letters: faust.TopicT,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = settings
         self._scorer = scorer
@@ -61,6 +65,17 @@ class BatchHandler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-batch")
         self.fetcher = ImageFetcher(settings.fetch_limits)
         self._batches = 0
+        self._stopping = stopping
+        self._stop_seen: float | None = None
+
+    def _give_up(self) -> bool:
+        """True once the worker has been stopping for longer than the shutdown grace."""
+        if not self._stopping():
+            return False
+        now = time.monotonic()
+        if self._stop_seen is None:
+            self._stop_seen = now
+        return now - self._stop_seen >= self._settings.shutdown_grace_s
 
     async def handle(self, records: Sequence[Record]) -> list[Outcome]:
         self._batches += 1
@@ -86,8 +101,8 @@ class BatchHandler:
                 self._executor, write_outcomes, self._engine, outcomes
             )
 
-        await retry_forever(write, what="write_verdicts")
-        await retry_forever(lambda: self._publish(outcomes), what="publish")
+        await retry_forever(write, what="write_verdicts", give_up=self._give_up)
+        await retry_forever(lambda: self._publish(outcomes), what="publish", give_up=self._give_up)
         counts = {"match": 0, "mismatch": 0, "error": 0, "dead_letter": 0}
         for outcome in outcomes:
             if outcome.verdict is not None:
@@ -119,6 +134,17 @@ class BatchHandler:
             await asyncio.gather(*pending)
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"broker did not accept a message: {type(exc).__name__}") from exc
+
+
+EXIT_ABANDONED = 75
+"""Exit status after abandoning a batch at shutdown (EX_TEMPFAIL: run it again)."""
+
+
+def _abandon(size: int, exc: BatchAbandoned) -> NoReturn:
+    """Leave at once: Faust would wait forever for the held events, or commit them."""
+    log.error("batch_abandoned", size=size, reason=str(exc), exit_status=EXIT_ABANDONED)
+    logging.shutdown()
+    os._exit(EXIT_ABANDONED)
 
 
 def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
@@ -157,6 +183,7 @@ def create_app(settings: Settings, scorer: Scorer, engine: sa.Engine) -> faust.A
         engine,
         flags=app.topic(settings.flags_topic),
         dead_letters=app.topic(settings.dlq_topic),
+        stopping=lambda: bool(app.should_stop),
     )
     within = settings.max_wait_ms / 1000
 
@@ -182,7 +209,10 @@ def create_app(settings: Settings, scorer: Scorer, engine: sa.Engine) -> faust.A
                 )
                 for event in events
             ]
-            await handler.handle(records)
+            try:
+                await handler.handle(records)
+            except BatchAbandoned as exc:
+                _abandon(len(records), exc)
             for event in events:
                 await stream.ack(event)
 

@@ -67,6 +67,7 @@ class Settings:
     trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt"
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
     session_timeout_s: float = 10.0
+    shutdown_grace_s: float = 10.0
     heartbeat_s: float = 1.0
     log_level: str = "info"
 
@@ -266,6 +267,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "retries of an image fetch after a transient failure (timeout, 5xx, 429)"),
     SettingSpec("ITMGUARD_SESSION_TIMEOUT_S", "session_timeout_s", _float_in(1.0, 300.0),
                 "Kafka consumer session timeout in seconds"),
+    SettingSpec("ITMGUARD_SHUTDOWN_GRACE_S", "shutdown_grace_s", _float_in(0.0, 3600.0),
+                "after SIGTERM, how long a batch that cannot be written keeps retrying before "
+                "the worker abandons it uncommitted and exits"),
     SettingSpec("ITMGUARD_HEARTBEAT_S", "heartbeat_s", _float_in(0.1, 60.0),
                 "Kafka consumer heartbeat interval in seconds"),
     SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),

@@ -152,7 +152,7 @@ def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, b
     """Send `(key, value)` messages and wait until the broker has acknowledged all of them."""
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=8 << 20)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=32 << 20)
         await producer.start()
         try:
             futures = [await producer.send(topic, value=v, key=k) for k, v in messages]

@@ -24,7 +24,8 @@ Pillow, jsonschema) are translated at the edge that meets them.
     └── InfraError                  something outside the post failed; retried, never dead-lettered
         ├── DatabaseUnavailable
         ├── DatabaseNotMigrated     schema not at this release's head; run `itmguard db upgrade`
-        └── BrokerUnavailable
+        ├── BrokerUnavailable
+        └── BatchAbandoned          still failing when the shutdown grace ran out
 
 Each `InputError` carries a stable `code`: it becomes the verdict's
 `error_code` and the dead-letter message's `reason`.
@@ -33,6 +34,7 @@ Each `InputError` carries a stable `code`: it becomes the verdict's
 from __future__ import annotations
 
 __all__ = [
+    "BatchAbandoned",
     "BrokerUnavailable",
     "BundleError",
     "BundleFieldError",
@@ -199,3 +201,7 @@ class DatabaseNotMigrated(InfraError):
 
 class BrokerUnavailable(InfraError):
     """Kafka did not accept a produced message."""
+
+
+class BatchAbandoned(InfraError):
+    """A batch could not be made durable before the shutdown grace period ran out."""

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import structlog
 
-from worker.errors import InfraError
+from worker.errors import BatchAbandoned, InfraError
 
 __all__ = ["Backoff", "retry_forever"]
 
@@ -26,7 +26,7 @@ T = TypeVar("T")
 class Backoff:
     """Exponential delays: base, 2×base, … capped at `cap` seconds."""
 
-    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+    def __init__(self, base: float = 0.5, cap: float = 10.0) -> None:
         self.base = base
         self.cap = cap
 
@@ -35,19 +35,33 @@ class Backoff:
 
 
 async def retry_forever(
-    step: Callable[[], Awaitable[T]], *, what: str, backoff: Backoff | None = None
+    step: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    backoff: Backoff | None = None,
+    give_up: Callable[[], bool] = lambda: False,
 ) -> T:
-    """Await `step()` until it returns, sleeping between attempts that raise `InfraError`."""
+    """Await `step()` until it returns, sleeping between attempts that raise `InfraError`.
+
+    Raises:
+        BatchAbandoned: `give_up()` turned true (the worker is stopping) while `step`
+            still failed; the caller must not acknowledge the batch.
+    """
     backoff = backoff or Backoff()
     attempt = 0
     while True:
         try:
             result = await step()
         except InfraError as exc:
+            if give_up():
+                raise BatchAbandoned(f"{what} still failing at shutdown: {exc}") from exc
             attempt += 1
             delay = backoff.delay(attempt)
             log.warning("retrying", step=what, attempt=attempt, delay_s=delay, error=str(exc))
-            await asyncio.sleep(delay)
+            waited = 0.0
+            while waited < delay and not give_up():  # a shutdown cuts the wait short
+                await asyncio.sleep(min(1.0, delay - waited))
+                waited += 1.0
             continue
         if attempt:
             log.info("recovered", step=what, attempts=attempt + 1)
