@@ -164,6 +164,7 @@ def worker_env(
         "ITMGUARD_PROVIDERS": "cpu",
         "ITMGUARD_SESSION_TIMEOUT_S": "10",
         "ITMGUARD_HEARTBEAT_S": "1",
+        "ITMGUARD_METRICS_PORT": "0",
         **extra,
     }
 
@@ -179,6 +180,7 @@ class FakeScorer:
     rule: Callable[[Image.Image, str], float]
     model_id: str = "fake@1"
     threshold: float = 0.5
+    provider: str = "fake"
     calls: list[int] = field(default_factory=list)
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:

@@ -7,6 +7,7 @@ import json
 import signal
 import statistics
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from tests.support import (
 )
 from worker.bundle import load_bundle
 from worker.config import FetchLimits
-from worker.embedded import produce
+from worker.embedded import free_port, produce
 from worker.events import validator
 from worker.images import decode_image
 from worker.scoring import OnnxScorer
@@ -65,8 +66,10 @@ def test_every_post_gets_one_verdict_flags_and_dead_letters(
     events = good_events(500, prefix="post")
     threshold = _median_threshold(tiny_bundle, events)
     bad = _bad_events()
-    worker = worker_process(worker_env(broker, database_url, tiny_bundle, name, threshold),
-                            tmp_path / "worker.log")
+    metrics_port = free_port()
+    env = worker_env(broker, database_url, tiny_bundle, name, threshold,
+                     ITMGUARD_METRICS_PORT=str(metrics_port), ITMGUARD_METRICS_HOST="127.0.0.1")
+    worker = worker_process(env, tmp_path / "worker.log")
     proc = worker.start()
     messages: list[tuple[bytes | None, bytes]] = [(pid.encode(), v) for pid, v in events[:250]]
     messages += [(None, payload) for _, payload in bad.values()]
@@ -112,6 +115,11 @@ def test_every_post_gets_one_verdict_flags_and_dead_letters(
     originals = {base64.b64decode(l["payload_b64"]) for l in letters}
     assert originals == {payload for _, payload in bad.values()}
     assert proc.poll() is None, "the worker stopped after bad input"
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                  if line.startswith("itmguard_verdicts_total{"))
+    assert counted == len(rows)
+    assert 'itmguard_model_info{model_id="tiny-blip@1",provider="CPUExecutionProvider"} 1.0' in scraped
     assert worker.stop() == 0
 
 

@@ -32,6 +32,7 @@ from worker.batch import Outcome, Record, image_urls, parse_records, score_parse
 from worker.config import Settings
 from worker.errors import BatchAbandoned, BrokerUnavailable
 from worker.fetch import ImageFetcher
+from worker.metrics import Metrics
 from worker.persistence import write_outcomes
 from worker.retry import retry_forever
 from worker.scoring import Scorer
@@ -56,6 +57,7 @@ class BatchHandler:
         flags: faust.TopicT,
         dead_letters: faust.TopicT,
         stopping: Callable[[], bool] = lambda: False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._scorer = scorer
@@ -67,6 +69,7 @@ class BatchHandler:
         self._batches = 0
         self._stopping = stopping
         self._stop_seen: float | None = None
+        self.metrics = metrics or Metrics()
 
     def _give_up(self) -> bool:
         """True once the worker has been stopping for longer than the shutdown grace."""
@@ -101,8 +104,11 @@ class BatchHandler:
                 self._executor, write_outcomes, self._engine, outcomes
             )
 
-        await retry_forever(write, what="write_verdicts", give_up=self._give_up)
-        await retry_forever(lambda: self._publish(outcomes), what="publish", give_up=self._give_up)
+        await retry_forever(write, what="write_verdicts", give_up=self._give_up,
+                            on_retry=self._count_retry)
+        await retry_forever(lambda: self._publish(outcomes), what="publish",
+                            give_up=self._give_up, on_retry=self._count_retry)
+        self.metrics.record_batch(outcomes, score_s=scored - started, total_s=loop.time() - started)
         counts = {"match": 0, "mismatch": 0, "error": 0, "dead_letter": 0}
         for outcome in outcomes:
             if outcome.verdict is not None:
@@ -117,6 +123,9 @@ class BatchHandler:
             **counts,
         )
         return outcomes
+
+    def _count_retry(self, step: str) -> None:
+        self.metrics.retries.labels(step).inc()
 
     async def _publish(self, outcomes: Sequence[Outcome]) -> None:
         """Send every flag and dead letter, and wait until the broker has them all."""
@@ -160,7 +169,9 @@ def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
                       verdict=verdict.verdict)
 
 
-def create_app(settings: Settings, scorer: Scorer, engine: sa.Engine) -> faust.App:
+def create_app(
+    settings: Settings, scorer: Scorer, engine: sa.Engine, metrics: Metrics | None = None
+) -> faust.App:
     """The Faust app with its one agent, configured from `settings`."""
     app = faust.App(
         settings.group_id,
@@ -184,7 +195,9 @@ def create_app(settings: Settings, scorer: Scorer, engine: sa.Engine) -> faust.A
         flags=app.topic(settings.flags_topic),
         dead_letters=app.topic(settings.dlq_topic),
         stopping=lambda: bool(app.should_stop),
+        metrics=metrics,
     )
+    handler.metrics.model_info.labels(scorer.model_id, scorer.provider).set(1)
     within = settings.max_wait_ms / 1000
 
     @app.on_before_shutdown.connect

@@ -68,6 +68,8 @@ class Settings:
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
     session_timeout_s: float = 10.0
     shutdown_grace_s: float = 10.0
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9108
     heartbeat_s: float = 1.0
     log_level: str = "info"
 
@@ -270,6 +272,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("ITMGUARD_SHUTDOWN_GRACE_S", "shutdown_grace_s", _float_in(0.0, 3600.0),
                 "after SIGTERM, how long a batch that cannot be written keeps retrying before "
                 "the worker abandons it uncommitted and exits"),
+    SettingSpec("ITMGUARD_METRICS_HOST", "metrics_host", _nonempty,
+                "address the Prometheus /metrics endpoint listens on"),
+    SettingSpec("ITMGUARD_METRICS_PORT", "metrics_port", _int_in(0, 65535),
+                "port of the Prometheus /metrics endpoint; 0 turns it off"),
     SettingSpec("ITMGUARD_HEARTBEAT_S", "heartbeat_s", _float_in(0.1, 60.0),
                 "Kafka consumer heartbeat interval in seconds"),
     SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),

@@ -40,6 +40,7 @@ async def retry_forever(
     what: str,
     backoff: Backoff | None = None,
     give_up: Callable[[], bool] = lambda: False,
+    on_retry: Callable[[str], None] = lambda step: None,
 ) -> T:
     """Await `step()` until it returns, sleeping between attempts that raise `InfraError`.
 
@@ -56,6 +57,7 @@ async def retry_forever(
             if give_up():
                 raise BatchAbandoned(f"{what} still failing at shutdown: {exc}") from exc
             attempt += 1
+            on_retry(what)
             delay = backoff.delay(attempt)
             log.warning("retrying", step=what, attempt=attempt, delay_s=delay, error=str(exc))
             waited = 0.0

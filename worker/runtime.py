@@ -9,6 +9,7 @@ from worker.bundle import load_bundle
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.logs import logging_dict
+from worker.metrics import Metrics
 from worker.persistence import check_schema_current, create_engine
 from worker.scoring import ORT_PROVIDERS, OnnxScorer
 
@@ -45,14 +46,21 @@ def open_scorer(settings: Settings) -> OnnxScorer:
 
 
 def build_app(settings: Settings) -> faust.App:
-    """Everything checked before joining the consumer group: bundle, providers, schema."""
+    """Everything checked before joining the consumer group: bundle, providers, schema.
+
+    Metrics are served from here when a port is set, so `faust -A worker.faustapp`
+    exposes them too.
+    """
     from worker.agents import create_app
 
     scorer = open_scorer(settings)
     engine = create_engine(settings.database_url)
     check_schema_current(engine)
-    log.info("worker_configured", settings=repr(settings))
-    return create_app(settings, scorer, engine)
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+    log.info("worker_configured", settings=repr(settings), metrics_port=settings.metrics_port)
+    return create_app(settings, scorer, engine, metrics)
 
 
 def run_worker(settings: Settings) -> None:

@@ -42,6 +42,7 @@ class Scorer(Protocol):
 
     model_id: str
     threshold: float
+    provider: str
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         """Match probabilities in [0, 1], one per pair; NaN where the model failed."""

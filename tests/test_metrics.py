@@ -1,0 +1,43 @@
+"""Prometheus metrics from the batch path."""
+
+from __future__ import annotations
+
+import urllib.request
+from datetime import UTC, datetime
+
+from worker.batch import Outcome, Record
+from worker.embedded import free_port
+from worker.metrics import Metrics
+from worker.verdicts import Verdict
+
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def _outcome(verdict: str, letter: str | None = None) -> Outcome:
+    score = None if verdict == "error" else 0.4
+    code = letter if verdict == "error" else None
+    return Outcome(Record(b"", "posts"), Verdict("p", "m@1", score, 0.5, verdict, code, NOW, None),  # type: ignore[arg-type]
+                   {"reason": letter} if letter else None)
+
+
+def test_batches_count_verdicts_dead_letters_and_timings() -> None:
+    """A recorded batch adds to the verdict and dead-letter counters and the histograms."""
+    metrics = Metrics()
+    metrics.record_batch([_outcome("match"), _outcome("mismatch"), _outcome("error", "invalid_event")],
+                         score_s=0.02, total_s=0.05)
+    value = metrics.registry.get_sample_value
+    assert value("itmguard_verdicts_total", {"model_id": "m@1", "verdict": "mismatch"}) == 1
+    assert value("itmguard_verdicts_total", {"model_id": "m@1", "verdict": "error"}) == 1
+    assert value("itmguard_dead_letters_total", {"reason": "invalid_event"}) == 1
+    assert value("itmguard_batch_size_sum") == 3
+    assert value("itmguard_batch_seconds_count") == 1
+
+
+def test_metrics_are_served_over_http() -> None:
+    """serve() exposes the registry in the Prometheus text format."""
+    metrics = Metrics()
+    metrics.model_info.labels("m@1", "CPUExecutionProvider").set(1)
+    port = free_port()
+    metrics.serve("127.0.0.1", port)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'itmguard_model_info{model_id="m@1",provider="CPUExecutionProvider"} 1.0' in body
