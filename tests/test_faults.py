@@ -217,7 +217,7 @@ def test_poison_corpus_never_stops_the_worker(
     worker = worker_process(env, tmp_path / "worker.log")
     proc = worker.start()
     bad = poison_corpus()
-    good = pooledpooled_events(500, "good", seed=4)
+    good = pooled_events(500, "good", seed=4)
     messages: list[tuple[bytes | None, bytes]] = []
     for i, (post_id, _, payload) in enumerate(bad):
         messages.append((post_id.encode() if post_id else None, payload))
