@@ -9,6 +9,7 @@ names the setting instead of failing later inside a batch.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,9 @@ from worker.errors import ConfigError
 
 __all__ = [
     "DEFAULT_FETCH_LIMITS",
+    "MODERATOR_NAME",
     "PROVIDERS",
+    "REVIEW_ORDERS",
     "SETTINGS",
     "FetchLimits",
     "Settings",
@@ -30,6 +33,8 @@ __all__ = [
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REVIEW_ORDERS = ("score", "age")
+MODERATOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,12 @@ class Settings:
     metrics_port: int = 9108
     heartbeat_s: float = 1.0
     log_level: str = "info"
+    moderator: str | None = None
+    review_lease_s: float = 300.0
+    review_order: str = "score"
+    review_host: str = "127.0.0.1"
+    review_port: int = 8080
+    review_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(
@@ -92,7 +103,8 @@ class Settings:
             try:
                 value = spec.parse(raw[spec.env].strip())
             except ValueError as exc:
-                raise ConfigError(spec.env, raw[spec.env], str(exc)) from None
+                shown = "***" if spec.secret else raw[spec.env]
+                raise ConfigError(spec.env, shown, str(exc)) from None
             if spec.attr.startswith("fetch_limits."):
                 limits[spec.attr.split(".", 1)[1]] = value
             else:
@@ -112,6 +124,7 @@ class Settings:
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         shown["database_url"] = _mask_url(self.database_url)
+        shown["review_secret"] = None if self.review_secret is None else "***"
         body = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({body})"
 
@@ -204,6 +217,20 @@ def _nonempty(text: str) -> str:
     return text
 
 
+def _moderator(text: str) -> str:
+    if not MODERATOR_NAME.fullmatch(text):
+        raise ValueError(
+            "1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
+        )
+    return text
+
+
+def _secret(text: str) -> str:
+    if len(text) < 32:
+        raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+    return text
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.lower() not in options:
@@ -221,6 +248,7 @@ class SettingSpec:
     attr: str
     parse: Callable[[str], Any]
     help: str
+    secret: bool = False
 
     @property
     def flag(self) -> str:
@@ -279,4 +307,17 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("ITMGUARD_HEARTBEAT_S", "heartbeat_s", _float_in(0.1, 60.0),
                 "Kafka consumer heartbeat interval in seconds"),
     SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),
+    SettingSpec("ITMGUARD_MODERATOR", "moderator", _moderator,
+                "moderator account the `itmguard review` commands act as"),
+    SettingSpec("ITMGUARD_REVIEW_LEASE_S", "review_lease_s", _float_in(1.0, 86_400.0),
+                "how long a claimed review item stays with its moderator, in seconds"),
+    SettingSpec("ITMGUARD_REVIEW_ORDER", "review_order", _choice(REVIEW_ORDERS),
+                "which pending item is claimed next: score (lowest first) or age (oldest first)"),
+    SettingSpec("ITMGUARD_REVIEW_HOST", "review_host", _nonempty,
+                "address the review web page listens on"),
+    SettingSpec("ITMGUARD_REVIEW_PORT", "review_port", _int_in(1, 65_535),
+                "port the review web page listens on"),
+    SettingSpec("ITMGUARD_REVIEW_SECRET", "review_secret", _secret,
+                "key that signs review-page session cookies, at least 32 characters",
+                secret=True),
 )

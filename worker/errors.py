@@ -21,6 +21,14 @@ Pillow, jsonschema) are translated at the edge that meets them.
     │   ├── ImageFetchFailed        HTTP error status, refused connection, too many redirects
     │   ├── ImageTypeRefused        the server's content type is not an image type we decode
     │   └── InferenceFailed         the model raised on this post alone
+    ├── ReviewError                 a review-queue action cannot be done as asked; says why
+    │   ├── ItemNotFound            no review item has that id
+    │   ├── ItemNotClaimed          the moderator does not hold the item (claim it first)
+    │   │   └── LeaseExpired        the moderator's lease ran out before the action
+    │   ├── ItemHeldByOther         another moderator holds a live lease on the item
+    │   ├── ItemAlreadyDecided      the item has its decision; decisions are final
+    │   ├── UnknownModerator        no enabled moderator account has that name
+    │   └── ModeratorExists         an account with that name already exists
     └── InfraError                  something outside the post failed; retried, never dead-lettered
         ├── DatabaseUnavailable
         ├── DatabaseNotMigrated     schema not at this release's head; run `itmguard db upgrade`
@@ -32,6 +40,8 @@ Each `InputError` carries a stable `code`: it becomes the verdict's
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 __all__ = [
     "BatchAbandoned",
@@ -56,7 +66,15 @@ __all__ = [
     "InputError",
     "InvalidEvent",
     "InvalidJson",
+    "ItemAlreadyDecided",
+    "ItemHeldByOther",
+    "ItemNotClaimed",
+    "ItemNotFound",
     "ItmguardError",
+    "LeaseExpired",
+    "ModeratorExists",
+    "ReviewError",
+    "UnknownModerator",
 ]
 
 
@@ -205,3 +223,82 @@ class BrokerUnavailable(InfraError):
 
 class BatchAbandoned(InfraError):
     """A batch could not be made durable before the shutdown grace period ran out."""
+
+
+class ReviewError(ItmguardError):
+    """A review-queue action cannot be done as asked; the message says why, for the moderator."""
+
+    def __init__(self, item_id: int | None, message: str) -> None:
+        self.item_id = item_id
+        super().__init__(message)
+
+
+class ItemNotFound(ReviewError):
+    """No review item has that id."""
+
+    def __init__(self, item_id: int) -> None:
+        super().__init__(item_id, f"review item {item_id} does not exist")
+
+
+class ItemNotClaimed(ReviewError):
+    """The moderator does not hold the item; it must be claimed first."""
+
+    def __init__(self, item_id: int, moderator: str, message: str | None = None) -> None:
+        self.moderator = moderator
+        super().__init__(
+            item_id, message or f"{moderator} does not hold review item {item_id}: claim it first"
+        )
+
+
+class LeaseExpired(ItemNotClaimed):
+    """The moderator's lease on the item ran out; the item went back to the queue."""
+
+    def __init__(self, item_id: int, moderator: str, *, expired_at: datetime) -> None:
+        self.expired_at = expired_at
+        super().__init__(
+            item_id, moderator,
+            f"{moderator}'s lease on review item {item_id} expired at "
+            f"{expired_at.isoformat(timespec='seconds')}: claim it again",
+        )
+
+
+class ItemHeldByOther(ReviewError):
+    """Another moderator holds a live lease on the item."""
+
+    def __init__(self, item_id: int, *, holder: str, until: datetime) -> None:
+        self.holder = holder
+        self.until = until
+        super().__init__(
+            item_id,
+            f"review item {item_id} is held by {holder} until "
+            f"{until.isoformat(timespec='seconds')}",
+        )
+
+
+class ItemAlreadyDecided(ReviewError):
+    """The item already has its decision; decisions are final."""
+
+    def __init__(self, item_id: int, *, decision: str, by: str) -> None:
+        self.decision = decision
+        self.by = by
+        super().__init__(item_id, f"review item {item_id} was already decided {decision} by {by}")
+
+
+class UnknownModerator(ReviewError):
+    """No enabled moderator account has that name."""
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+        super().__init__(
+            None,
+            f"no enabled moderator account {username!r}: an admin creates one with "
+            f"`itmguard review add-moderator {username}`",
+        )
+
+
+class ModeratorExists(ReviewError):
+    """A moderator account with that name already exists."""
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+        super().__init__(None, f"moderator account {username!r} already exists")

@@ -45,6 +45,8 @@ def logging_dict(level: str) -> dict[str, Any]:
             }
         },
         "root": {"handlers": ["stderr"], "level": level.upper()},
+        # Alembic narrates every schema check at info; only its warnings matter to operators.
+        "loggers": {"alembic": {"level": "WARNING"}},
     }
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "create_engine",
     "metadata",
     "review_items",
+    "translated",
     "verdicts",
     "write_outcomes",
 ]
@@ -76,7 +77,8 @@ def create_engine(url: str) -> sa.Engine:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def translated() -> Iterator[None]:
+    """Turn SQLAlchemy's connection failures into `DatabaseUnavailable`."""
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
@@ -104,7 +106,7 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
         set_={c: statement.excluded[c] for c in rows[0] if c not in ("post_id", "model_id")},
     )
     queue = list(_review_rows(outcomes).values())
-    with _translated(), engine.begin() as conn:
+    with translated(), engine.begin() as conn:
         conn.execute(upsert, rows)
         if queue:
             conn.execute(
@@ -181,7 +183,7 @@ def check_schema_current(engine: sa.Engine) -> None:
         DatabaseNotMigrated: the schema is behind (or ahead of) this release.
     """
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    with _translated(), engine.connect() as conn:
+    with translated(), engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     if current != head:
         raise DatabaseNotMigrated(
