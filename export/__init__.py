@@ -1,19 +1,8 @@
-"""PyTorch → ONNX export of image-text-matching checkpoints into itmguard model bundles.
+"""PyTorch → ONNX export of image-text-matching models into itmguard bundles, and their
+calibration.
 
-Needs the `export` extra (torch, transformers, onnx). Model inputs are built
-with the worker's own preprocessing and the bundle is written with the
-worker's own bundle code, so export and worker agree by construction.
+Needs the `export` extra. Submodules are imported by name (`export.blip`,
+`export.calibrate`, …) so that calibrating does not load torch. Model inputs
+are built with the worker's own preprocessing and bundles are written with
+the worker's own bundle code, so export and worker agree by construction.
 """
-
-from export.blip import export_blip, resolve_checkpoint
-from export.parity import Parity, compare, parity_feeds
-from export.tiny import make_tiny_checkpoint
-
-__all__ = [
-    "Parity",
-    "compare",
-    "export_blip",
-    "make_tiny_checkpoint",
-    "parity_feeds",
-    "resolve_checkpoint",
-]

@@ -203,6 +203,55 @@ def export_blip(checkpoint: str, out: Path, name: str | None, version: str, thre
     click.echo(json.dumps({"bundle": str(out), "model_id": spec.model_id}))
 
 
+_CALIBRATE = tuple(env for env in _SCORE if env not in ("ITMGUARD_BUNDLE", "ITMGUARD_THRESHOLD"))
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="model bundle directory; its bundle.json gets the threshold")
+@click.option("--labelled", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="post events plus \"label\" (1 match, 0 mismatch), one JSON per line, "
+                   "as `itmguard review export-labels` writes them")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="the threshold with the most recall whose precision is at least this")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="the threshold with the most precision whose recall is at least this")
+@settings_options(_CALIBRATE)
+def calibrate(bundle_dir: Path, labelled: Path, target_precision: float | None,
+              target_recall: float | None, **flags: str | None) -> None:
+    """Pick the bundle's threshold from labelled posts (needs itmguard[export]).
+
+    Mismatch is the positive class: a post is flagged when its match
+    probability is below the threshold; precision is the share of flagged
+    posts that are mismatches, recall the share of mismatches flagged.
+    Without a target, the threshold with the best F1. Writes the threshold
+    and the figures (n, precision, recall, F1, ROC AUC) into bundle.json, and
+    pr_curve.png and score_histogram.png beside it; prints a JSON summary.
+    Needs at least 20 matching and 20 mismatching posts; unusable lines are
+    skipped and reported.
+    """
+    import dataclasses
+
+    if target_precision is not None and target_recall is not None:
+        raise click.UsageError("give --target-precision or --target-recall, not both")
+    try:
+        from export.calibrate import calibrate_bundle
+    except ImportError as exc:
+        raise click.ClickException(
+            f"calibrate needs scikit-learn and matplotlib: pip install 'itmguard[export]' ({exc})"
+        ) from exc
+    settings = _settings(flags)
+    result = calibrate_bundle(
+        bundle_dir, labelled, target_precision=target_precision, target_recall=target_recall,
+        providers=settings.providers, trt_cache_dir=settings.trt_cache_dir,
+        limits=settings.fetch_limits, batch_size=settings.max_batch,
+        progress=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps({"bundle": str(bundle_dir), **dataclasses.asdict(result)}))
+
+
 _REVIEW = ("ITMGUARD_DATABASE_URL", "ITMGUARD_LOG_LEVEL", "ITMGUARD_MODERATOR",
            "ITMGUARD_REVIEW_LEASE_S", "ITMGUARD_REVIEW_ORDER")
 _REVIEW_SERVE = ("ITMGUARD_DATABASE_URL", "ITMGUARD_LOG_LEVEL", "ITMGUARD_REVIEW_LEASE_S",

@@ -5,6 +5,7 @@ Pillow, jsonschema) are translated at the edge that meets them.
 
     ItmguardError
     ├── ConfigError                 a setting has a bad value; the process stops
+    ├── CalibrationError            too few labelled posts of a class, or an unreachable target
     ├── ExportError                 a checkpoint cannot become a bundle that scores as it does
     ├── BundleError                 the model bundle cannot be used
     │   ├── BundleFieldError        bundle.json lacks a field or has a bad value
@@ -50,6 +51,7 @@ __all__ = [
     "BundleFieldError",
     "BundleFileMissing",
     "BundleHashMismatch",
+    "CalibrationError",
     "ConfigError",
     "DatabaseNotMigrated",
     "DatabaseUnavailable",
@@ -98,6 +100,10 @@ class ExportError(ItmguardError):
     def __init__(self, checkpoint: str, message: str) -> None:
         self.checkpoint = checkpoint
         super().__init__(f"cannot export {checkpoint}: {message}")
+
+
+class CalibrationError(ItmguardError):
+    """The labelled set cannot calibrate the bundle: too few of a class, or an unreachable target."""
 
 
 class BundleError(ItmguardError):
