@@ -10,12 +10,8 @@ checkpoint does, or is not written at all.
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import json
 import re
-import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +19,6 @@ from typing import Any, cast
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import transformers
 from onnxruntime.transformers.onnx_model import OnnxModel
@@ -31,14 +26,18 @@ from onnxruntime.transformers.optimizer import optimize_model
 from PIL import Image
 from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-from export.parity import (
-    PARITY_BATCHES,
-    Feeds,
-    batch_scores,
-    compare,
-    parity_feeds,
-    session_scores,
+from export.bundling import (
+    INPUT_NAMES,
+    NO_HASH,
+    OUTPUT_NAME,
+    ParityGate,
+    bundle_manifest,
+    export_onnx,
+    peak_memory_mib,
+    staged_bundle,
+    torch_runner,
 )
+from export.parity import batch_scores, parity_feeds
 from worker.bundle import BundleSpec, write_manifest
 from worker.errors import ExportError
 from worker.preprocess import TextEncoder
@@ -55,8 +54,6 @@ __all__ = [
 ]
 
 ARCHITECTURE = "BlipForImageTextRetrieval"
-INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
-OUTPUT_NAME = "match_probability"
 
 FP32_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax")
 """Ops an fp16 bundle keeps in fp32: fp16 LayerNorm and Softmax overflow on ViT/BERT."""
@@ -66,9 +63,6 @@ FP16_MIN_AGREEMENT = 0.995
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _HUB_TIMEOUT_S = 10.0
-
-# A placeholder hash lets the manifest be checked before the slow steps.
-_NO_HASH = "0" * 64
 
 
 class MatchProbability(torch.nn.Module):
@@ -168,23 +162,21 @@ def export_blip(
         fp16=fp16,
         max_batch=max_batch,
     )
-    spec = BundleSpec.from_manifest({**manifest, "model_sha256": _NO_HASH}, str(out))
+    spec = BundleSpec.from_manifest({**manifest, "model_sha256": NO_HASH}, str(out))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_bundle(out, shown) as work:
         processor.tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
         encoder = TextEncoder.from_file(work / "tokenizer.json", spec.text)
         feeds = parity_feeds(spec, encoder)
 
         progress(f"trace: opset {opset}, dynamic batch and sequence axes")
         wrapper = MatchProbability(model).eval()
-        _export_onnx(shown, wrapper, work / "traced.onnx", feeds[1], opset)
-        reference = batch_scores(_torch_runner(wrapper), feeds)
+        export_onnx(shown, wrapper, work / "traced.onnx", feeds[1], opset)
+        reference = batch_scores(torch_runner(wrapper), feeds)
         del wrapper, model
         gc.collect()
 
-        gate = _Gate(shown, spec, feeds, reference, tolerance, progress)
+        gate = ParityGate(shown, spec, feeds, reference, tolerance, progress)
         report: dict[str, Any] = {"onnx_vs_pytorch": gate.check("verify", work / "traced.onnx")}
         chosen = work / "traced.onnx"
         if optimize:
@@ -195,84 +187,20 @@ def export_blip(
             chosen = work / "optimised.onnx"
         if fp16:
             _to_fp16(shown, chosen, work / "fp16.onnx")
-            report |= gate.check_fp16(chosen, work / "fp16.onnx")
+            report |= gate.check_fp16(
+                chosen, work / "fp16.onnx", min_agreement=FP16_MIN_AGREEMENT
+            )
             chosen = work / "fp16.onnx"
         report["precision"] = "fp16" if fp16 else "fp32"
         chosen.rename(work / "model.onnx")
-        for leftover in work.glob("*.onnx"):
-            if leftover.name != "model.onnx":
-                leftover.unlink()
 
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
-        work.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # gone already once renamed
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    progress(f"done: {spec.model_id} in {time.monotonic() - started:.1f}s, peak memory {peak_mib:.0f} MiB")
+    progress(
+        f"done: {spec.model_id} in {time.monotonic() - started:.1f}s, "
+        f"peak memory {peak_memory_mib():.0f} MiB"
+    )
     return spec
-
-
-class _Gate:
-    """Scores candidate graphs on the parity set and refuses those off the reference."""
-
-    def __init__(
-        self,
-        shown: str,
-        spec: BundleSpec,
-        feeds: list[Feeds],
-        reference: np.ndarray,
-        tolerance: float,
-        progress: Callable[[str], None],
-    ) -> None:
-        self.shown, self.spec, self.feeds = shown, spec, feeds
-        self.reference, self.tolerance, self.progress = reference, tolerance, progress
-        self.scores: dict[Path, np.ndarray] = {}
-
-    def _score(self, path: Path) -> np.ndarray:
-        if path not in self.scores:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            self.scores[path] = session_scores(session, self.spec, self.feeds)
-        return self.scores[path]
-
-    def check(self, stage: str, path: Path) -> dict[str, Any]:
-        parity = compare(self.reference, self._score(path), tolerance=self.tolerance,
-                         threshold=self.spec.threshold)
-        self.progress(
-            f"{stage}: {parity.n_pairs} pairs in batches of {', '.join(map(str, PARITY_BATCHES))}: "
-            f"max abs diff {parity.max_abs_diff:.3g}, mean {parity.mean_abs_diff:.3g} "
-            f"(tolerance {self.tolerance:g}), verdicts agree on {parity.decision_agreement:.1%}"
-        )
-        if not parity.ok:
-            raise ExportError(
-                self.shown,
-                f"ONNX Runtime differs from PyTorch by up to {parity.max_abs_diff:.3g} in match "
-                f"probability over {parity.n_pairs} pairs after {stage} "
-                f"(tolerance {self.tolerance:g})",
-            )
-        return parity.as_manifest()
-
-    def check_fp16(self, fp32: Path, fp16: Path) -> dict[str, Any]:
-        half = self._score(fp16)
-        threshold = self.spec.threshold
-        versus_fp32 = compare(self._score(fp32), half, tolerance=None, threshold=threshold)
-        versus_torch = compare(self.reference, half, tolerance=None, threshold=threshold)
-        self.progress(
-            f"fp16: verdicts agree with fp32 on {versus_fp32.decision_agreement:.1%} of "
-            f"{versus_fp32.n_pairs} pairs (need {FP16_MIN_AGREEMENT:.1%}); max abs diff "
-            f"{versus_fp32.max_abs_diff:.3g} from fp32, {versus_torch.max_abs_diff:.3g} from PyTorch"
-        )
-        if not versus_fp32.decision_agreement >= FP16_MIN_AGREEMENT:
-            raise ExportError(
-                self.shown,
-                f"the fp16 graph agrees with fp32 on {versus_fp32.decision_agreement:.1%} of "
-                f"verdicts, below {FP16_MIN_AGREEMENT:.1%}; export in fp32",
-            )
-        return {
-            "fp16_vs_fp32": versus_fp32.as_manifest(),
-            "fp16_vs_pytorch": versus_torch.as_manifest(),
-            "fp16_min_agreement": FP16_MIN_AGREEMENT,
-        }
 
 
 def resolve_checkpoint(checkpoint: Path | str, progress: Callable[[str], None]) -> Path:
@@ -395,51 +323,23 @@ def _manifest(
         )
     if tokenizer.pad_token is None or tokenizer.pad_token_id is None:
         raise ExportError(shown, "the tokenizer has no padding token")
-    sequence = {"dtype": "int64", "shape": ["batch", "sequence"]}
-    return {
-        "format_version": 1,
-        "name": name,
-        "version": version,
-        "architecture": ARCHITECTURE,
-        "inputs": {
-            "pixel_values": {
-                "name": "pixel_values",
-                "dtype": "float32",
-                "shape": ["batch", 3, image["height"], image["width"]],
-            },
-            "input_ids": {"name": "input_ids", **sequence},
-            "attention_mask": {"name": "attention_mask", **sequence},
-        },
-        "output": {
-            "name": OUTPUT_NAME,
-            "dtype": "float32",
-            "shape": ["batch"],
-            "meaning": "match_probability",
-        },
-        "image": image,
-        "text": {
+    return bundle_manifest(
+        name=name,
+        version=version,
+        architecture=ARCHITECTURE,
+        image=image,
+        text={
             "max_tokens": max_text_tokens,
             "pad_token": tokenizer.pad_token,
             "pad_id": int(tokenizer.pad_token_id),
         },
-        "threshold": threshold,
-        "calibration": {"method": "none"},
-        "tensorrt": {
-            "fp16": fp16,
-            "profile": {
-                "batch": [1, min(8, max_batch), max_batch],
-                "sequence": [1, min(32, max_text_tokens), max_text_tokens],
-            },
-            "engine_cache": "engines",
-            "timing_cache": "timing",
-        },
-        "exporter": {
-            "tool": f"itmguard {importlib.metadata.version('itmguard')}",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnx_opset": opset,
-        },
-    }
+        threshold=threshold,
+        calibration={"method": "none"},
+        opset=opset,
+        fp16=fp16,
+        max_batch=max_batch,
+        exporter={"transformers": transformers.__version__},
+    )
 
 
 def _image_fields(shown: str, image_processor: Any) -> dict[str, Any]:
@@ -473,39 +373,3 @@ def _image_fields(shown: str, image_processor: Any) -> dict[str, Any]:
         "mean": rgb(image_processor.image_mean, 0.0),
         "std": rgb(image_processor.image_std, 1.0),
     }
-
-
-def _export_onnx(
-    shown: str, wrapper: MatchProbability, path: Path, example: Feeds, opset: int
-) -> None:
-    """Trace on a real batch whose captions differ in length, so padding is in the graph."""
-    sequence_axes = {0: "batch", 1: "sequence"}
-    try:
-        with torch.inference_mode():
-            torch.onnx.export(
-                wrapper,
-                tuple(torch.from_numpy(example[role]) for role in INPUT_NAMES),
-                str(path),
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={
-                    "pixel_values": {0: "batch"},
-                    "input_ids": sequence_axes,
-                    "attention_mask": sequence_axes,
-                    OUTPUT_NAME: {0: "batch"},
-                },
-                opset_version=opset,
-                dynamo=False,
-            )
-        onnx.checker.check_model(str(path))
-    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ExportError(shown, f"ONNX export failed: {exc}") from exc
-
-
-def _torch_runner(wrapper: MatchProbability) -> Callable[[Feeds], np.ndarray]:
-    def run(feeds: Feeds) -> np.ndarray:
-        with torch.inference_mode():
-            probabilities = wrapper(*(torch.from_numpy(feeds[role]) for role in INPUT_NAMES))
-        return np.asarray(probabilities.numpy())
-
-    return run

@@ -203,6 +203,26 @@ def export_blip(checkpoint: str, out: Path, name: str | None, version: str, thre
     click.echo(json.dumps({"bundle": str(out), "model_id": spec.model_id}))
 
 
+@export.command("starter")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="bundle directory to write")
+@click.option("--name", default="starter", show_default=True, help="bundle name")
+@click.option("--version", "version", default="1", show_default=True, help="bundle version")
+@click.option("--tolerance", default=1e-4, show_default=True, type=click.FloatRange(0, 1),
+              help="largest PyTorch-vs-ONNX difference in match probability accepted")
+def export_starter(out: Path, name: str, version: str, tolerance: float) -> None:
+    """Build the zero-shot starter bundle from weights in installed packages (itmguard[starter])."""
+    try:
+        from export.starter import export_starter as run_export
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the starter export needs pip install 'itmguard[starter]' ({exc})"
+        ) from exc
+    spec = run_export(out, name=name, version=version, tolerance=tolerance,
+                      progress=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps({"bundle": str(out), "model_id": spec.model_id,
+                           "evaluation": spec.raw.get("evaluation", {})}))
+
+
 _CALIBRATE = tuple(env for env in _SCORE if env not in ("ITMGUARD_BUNDLE", "ITMGUARD_THRESHOLD"))
 
 

@@ -1,0 +1,260 @@
+"""What every exporter shares: the bundle contract's names, the manifest's common
+fields, the ONNX trace, the parity gate, and writing a bundle all at once.
+
+An exporter (`export.blip`, `export.starter`) wraps its model as one
+`torch.nn.Module` taking `pixel_values`, `input_ids` and `attention_mask` and
+returning one match probability per pair; everything after that is here, so
+every bundle is traced, checked against PyTorch and written the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import resource
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.parity import PARITY_BATCHES, Feeds, compare, session_scores
+from worker.bundle import BundleSpec
+from worker.errors import ExportError
+
+__all__ = [
+    "INPUT_NAMES",
+    "NO_HASH",
+    "OUTPUT_NAME",
+    "ParityGate",
+    "bundle_manifest",
+    "export_onnx",
+    "peak_memory_mib",
+    "staged_bundle",
+    "torch_runner",
+]
+
+INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
+OUTPUT_NAME = "match_probability"
+
+NO_HASH = "0" * 64
+"""A placeholder hash, so a manifest can be checked before the slow steps."""
+
+
+def bundle_manifest(
+    *,
+    name: str,
+    version: str,
+    architecture: str,
+    image: dict[str, Any],
+    text: dict[str, Any],
+    threshold: float,
+    calibration: dict[str, Any],
+    opset: int,
+    fp16: bool,
+    max_batch: int,
+    exporter: dict[str, str],
+) -> dict[str, Any]:
+    """bundle.json without its model hash: the fields every bundle has, in one shape.
+
+    Args:
+        image: the `image` object (height, width, resize, crop, resample, rescale, mean, std).
+        text: the `text` object (max_tokens, pad_token, pad_id).
+        calibration: how `threshold` and the output's scale were chosen; `method` at least.
+        exporter: library versions to record next to the tool and the opset.
+    """
+    sequence = {"dtype": "int64", "shape": ["batch", "sequence"]}
+    max_tokens = int(text["max_tokens"])
+    return {
+        "format_version": 1,
+        "name": name,
+        "version": version,
+        "architecture": architecture,
+        "inputs": {
+            "pixel_values": {
+                "name": "pixel_values",
+                "dtype": "float32",
+                "shape": ["batch", 3, image["height"], image["width"]],
+            },
+            "input_ids": {"name": "input_ids", **sequence},
+            "attention_mask": {"name": "attention_mask", **sequence},
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": ["batch"],
+            "meaning": "match_probability",
+        },
+        "image": image,
+        "text": text,
+        "threshold": threshold,
+        "calibration": calibration,
+        "tensorrt": {
+            "fp16": fp16,
+            "profile": {
+                "batch": [1, min(8, max_batch), max_batch],
+                "sequence": [1, min(32, max_tokens), max_tokens],
+            },
+            "engine_cache": "engines",
+            "timing_cache": "timing",
+        },
+        "exporter": {
+            "tool": f"itmguard {importlib.metadata.version('itmguard')}",
+            "torch": torch.__version__,
+            **exporter,
+            "onnx_opset": opset,
+        },
+    }
+
+
+def export_onnx(
+    shown: str, wrapper: torch.nn.Module, path: Path, example: Feeds, opset: int
+) -> None:
+    """Trace `wrapper` to `path` with dynamic batch and sequence axes, and check the file.
+
+    Trace on a real batch whose captions differ in length, so padding is in the graph.
+
+    Raises:
+        ExportError: tracing fails or the ONNX checker refuses the graph.
+    """
+    sequence_axes = {0: "batch", 1: "sequence"}
+    try:
+        with torch.inference_mode():
+            torch.onnx.export(
+                wrapper,
+                tuple(torch.from_numpy(example[role]) for role in INPUT_NAMES),
+                str(path),
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={
+                    "pixel_values": {0: "batch"},
+                    "input_ids": sequence_axes,
+                    "attention_mask": sequence_axes,
+                    OUTPUT_NAME: {0: "batch"},
+                },
+                opset_version=opset,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(path))
+    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ExportError(shown, f"ONNX export failed: {exc}") from exc
+
+
+def torch_runner(wrapper: torch.nn.Module) -> Callable[[Feeds], np.ndarray]:
+    """`wrapper` as a function from one batch of feeds to its match probabilities."""
+
+    def run(feeds: Feeds) -> np.ndarray:
+        with torch.inference_mode():
+            probabilities = wrapper(*(torch.from_numpy(feeds[role]) for role in INPUT_NAMES))
+        return np.asarray(probabilities.numpy())
+
+    return run
+
+
+class ParityGate:
+    """Scores candidate graphs on the parity set and refuses those off the reference."""
+
+    def __init__(
+        self,
+        shown: str,
+        spec: BundleSpec,
+        feeds: list[Feeds],
+        reference: np.ndarray,
+        tolerance: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.shown, self.spec, self.feeds = shown, spec, feeds
+        self.reference, self.tolerance, self.progress = reference, tolerance, progress
+        self.scores: dict[Path, np.ndarray] = {}
+
+    def _score(self, path: Path) -> np.ndarray:
+        if path not in self.scores:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.scores[path] = session_scores(session, self.spec, self.feeds)
+        return self.scores[path]
+
+    def check(self, stage: str, path: Path) -> dict[str, Any]:
+        """Parity of the graph at `path` with PyTorch, as bundle.json records it.
+
+        Raises:
+            ExportError: some pair differs by more than the tolerance (or is NaN).
+        """
+        parity = compare(self.reference, self._score(path), tolerance=self.tolerance,
+                         threshold=self.spec.threshold)
+        self.progress(
+            f"{stage}: {parity.n_pairs} pairs in batches of {', '.join(map(str, PARITY_BATCHES))}: "
+            f"max abs diff {parity.max_abs_diff:.3g}, mean {parity.mean_abs_diff:.3g} "
+            f"(tolerance {self.tolerance:g}), verdicts agree on {parity.decision_agreement:.1%}"
+        )
+        if not parity.ok:
+            raise ExportError(
+                self.shown,
+                f"ONNX Runtime differs from PyTorch by up to {parity.max_abs_diff:.3g} in match "
+                f"probability over {parity.n_pairs} pairs after {stage} "
+                f"(tolerance {self.tolerance:g})",
+            )
+        return parity.as_manifest()
+
+    def check_fp16(self, fp32: Path, fp16: Path, *, min_agreement: float) -> dict[str, Any]:
+        """Verdict agreement of an fp16 graph with its fp32 graph and with PyTorch.
+
+        Raises:
+            ExportError: the fp16 graph agrees with fp32 on fewer than `min_agreement`
+                of the parity set's verdicts.
+        """
+        half = self._score(fp16)
+        threshold = self.spec.threshold
+        versus_fp32 = compare(self._score(fp32), half, tolerance=None, threshold=threshold)
+        versus_torch = compare(self.reference, half, tolerance=None, threshold=threshold)
+        self.progress(
+            f"fp16: verdicts agree with fp32 on {versus_fp32.decision_agreement:.1%} of "
+            f"{versus_fp32.n_pairs} pairs (need {min_agreement:.1%}); max abs diff "
+            f"{versus_fp32.max_abs_diff:.3g} from fp32, {versus_torch.max_abs_diff:.3g} from PyTorch"
+        )
+        if not versus_fp32.decision_agreement >= min_agreement:
+            raise ExportError(
+                self.shown,
+                f"the fp16 graph agrees with fp32 on {versus_fp32.decision_agreement:.1%} of "
+                f"verdicts, below {min_agreement:.1%}; export in fp32",
+            )
+        return {
+            "fp16_vs_fp32": versus_fp32.as_manifest(),
+            "fp16_vs_pytorch": versus_torch.as_manifest(),
+            "fp16_min_agreement": min_agreement,
+        }
+
+
+@contextmanager
+def staged_bundle(out: Path, shown: str) -> Iterator[Path]:
+    """A temporary directory next to `out` that becomes `out` only if the block succeeds.
+
+    The block writes the bundle files into the directory it is given; on a clean
+    exit every `*.onnx` other than `model.onnx` is removed and the directory is
+    renamed to `out`. On any error the directory is removed, so a failed export
+    leaves nothing behind.
+
+    Raises:
+        ExportError: `out` exists already (checked before anything is written).
+    """
+    if out.exists():
+        raise ExportError(shown, f"{out} already exists; choose a new bundle directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield work
+        for leftover in work.glob("*.onnx"):
+            if leftover.name != "model.onnx":
+                leftover.unlink()
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone already once renamed
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
