@@ -22,11 +22,6 @@ from transformers import (
 
 __all__ = ["SPECIAL_TOKENS", "WORDS", "make_tiny_checkpoint", "tiny_vocab"]
 
-# 1/sqrt(hidden size). BLIP's defaults (0.02, and 1e-10 for the vision
-# embeddings) suit hidden size 768; at 64 they shrink every layer's output,
-# and the random model scores every pair within 0.01 of the same value.
-_HIDDEN = 64
-_INIT_STD = _HIDDEN**-0.5
 _MAX_TOKENS = 64
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -82,15 +77,30 @@ def tiny_vocab() -> dict[str, int]:
     return {piece: i for i, piece in enumerate(pieces)}
 
 
-def make_tiny_checkpoint(out_dir: Path, *, seed: int = 0, image_size: int = 64) -> Path:
+def make_tiny_checkpoint(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    patch_size: int = 16,
+) -> Path:
     """Write a tiny random `BlipForImageTextRetrieval` checkpoint with its processor.
 
-    The same seed gives the same weights, so tests can compare runs.
+    The same arguments give the same weights, so tests can compare runs. The
+    defaults make the smallest model that exports; training on generated
+    shapes (`export.train_tiny`) asks for a wider one with smaller patches.
 
     Args:
         out_dir: directory to write; created if absent.
         seed: torch seed for the random weights.
         image_size: height and width, in pixels, that the processor resizes to.
+        hidden_size: width of the vision and text transformers.
+        num_layers: layers in each of the vision and text transformers.
+        num_heads: attention heads per layer; must divide `hidden_size`.
+        patch_size: side, in pixels, of the square image patches the vision model sees.
 
     Returns:
         `out_dir`, ready for `from_pretrained`.
@@ -101,33 +111,37 @@ def make_tiny_checkpoint(out_dir: Path, *, seed: int = 0, image_size: int = 64) 
     processor = BlipProcessor(  # type: ignore[no-untyped-call]
         image_processor=image_processor, tokenizer=tokenizer
     )
+    # Weights start at 1/sqrt(hidden size). BLIP's defaults (0.02, and 1e-10 for
+    # the vision embeddings) suit hidden size 768; at 64 they shrink every layer's
+    # output, and the random model scores every pair within 0.01 of the same value.
+    init_std = hidden_size**-0.5
     config = BlipConfig(
         vision_config={
-            "hidden_size": _HIDDEN,
-            "intermediate_size": 2 * _HIDDEN,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "patch_size": 16,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "patch_size": patch_size,
             "image_size": image_size,
-            "initializer_range": _INIT_STD,
+            "initializer_range": init_std,
         },
         text_config={
             "vocab_size": len(vocab),
-            "hidden_size": _HIDDEN,
-            "encoder_hidden_size": _HIDDEN,
-            "intermediate_size": 2 * _HIDDEN,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            "hidden_size": hidden_size,
+            "encoder_hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
             "max_position_embeddings": _MAX_TOKENS,
             "pad_token_id": vocab["[PAD]"],
             "bos_token_id": vocab["[CLS]"],
             "sep_token_id": vocab["[SEP]"],
             "eos_token_id": vocab["[SEP]"],
-            "initializer_range": _INIT_STD,
+            "initializer_range": init_std,
         },
         projection_dim=32,
         image_text_hidden_size=32,
-        initializer_range=_INIT_STD,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(config)

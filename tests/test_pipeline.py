@@ -150,3 +150,44 @@ def test_restart_mid_stream_loses_nothing(
     engine.dispose()
     assert sorted(ids) == sorted(pid for pid, _ in events)
     assert second.stop() == 0
+
+
+SHAPES_BUNDLE = Path(__file__).parent / "data" / "shapes-itm"
+
+
+def test_trained_model_flags_generated_mismatches_end_to_end(
+    broker: str, database_url: str, worker_process, tmp_path: Path
+) -> None:
+    """The trained shapes model, through Kafka and Postgres, flags the generated mismatches
+    (one-attribute hard negatives included) and passes the matches."""
+    from export.shapes import generate_pairs, labelled_events
+
+    name = "trained"
+    create_worker_topics(broker, name)
+    docs = list(labelled_events(generate_pairs(400, seed=90_210), prefix="trained"))
+    labels = {doc["post_id"]: doc["label"] for doc in docs}
+    kinds = {doc["post_id"]: doc["metadata"]["kind"] for doc in docs}
+    env = worker_env(broker, database_url, SHAPES_BUNDLE, name, 0.5)
+    del env["ITMGUARD_THRESHOLD"]  # the bundle's own, calibrated threshold
+    worker = worker_process(env, tmp_path / "worker.log")
+    proc = worker.start()
+    produce(broker, f"{name}-posts", [
+        (doc["post_id"].encode(), json.dumps({k: v for k, v in doc.items() if k != "label"}).encode())
+        for doc in docs
+    ])
+    wait_for_rows(database_url, len(docs), timeout=240, proc=proc)
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        verdicts = dict(conn.execute(sa.text("SELECT post_id, verdict FROM verdicts")).all())
+    engine.dispose()
+    right = {pid: (verdicts[pid] == "match") == (label == 1) for pid, label in labels.items()}
+    accuracy = sum(right.values()) / len(right)
+    by_kind = {k: sum(right[p] for p in right if kinds[p] == k) / sum(kinds[p] == k for p in right)
+               for k in set(kinds.values())}
+    print(f"\ntrained model end to end: accuracy {accuracy:.3f} on {len(right)} held-out pairs; "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_kind.items())))
+    assert accuracy >= 0.95
+    flagged = {pid for pid, v in verdicts.items() if v == "mismatch"}
+    flags = [json.loads(v) for v in consume(broker, f"{name}-flags", expect=len(flagged))]
+    assert {f["post_id"] for f in flags} == flagged
+    assert worker.stop() == 0
