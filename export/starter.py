@@ -545,14 +545,7 @@ def baseline_report() -> dict[str, Any]:
     """
     parts = load_parts()
     pairs = load_labelled()
-    image = ImageSpec(
-        height=IMAGE_FIELDS["height"],
-        width=IMAGE_FIELDS["width"],
-        resample=IMAGE_FIELDS["resample"],
-        rescale_factor=IMAGE_FIELDS["rescale_factor"],
-        mean=tuple(IMAGE_FIELDS["mean"]),
-        std=tuple(IMAGE_FIELDS["std"]),
-    )
+    image = ImageSpec.from_fields(IMAGE_FIELDS)
     encoder = TextEncoder(parts.tokenizer, TextSpec(**_text_spec(parts.tokenizer)))
     matcher = StarterMatcher(parts.classifier, parts.text_model).eval()
     classes = _embed(matcher, encoder, [PROMPTS[0].format(n) for n in parts.class_names])

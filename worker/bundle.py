@@ -72,14 +72,7 @@ class BundleSpec:
             architecture=manifest["architecture"],
             input_names={role: t["name"] for role, t in manifest["inputs"].items()},
             output_name=manifest["output"]["name"],
-            image=ImageSpec(
-                height=image["height"],
-                width=image["width"],
-                resample=image["resample"],
-                rescale_factor=image["rescale_factor"],
-                mean=tuple(image["mean"]),
-                std=tuple(image["std"]),
-            ),
+            image=ImageSpec.from_fields(image),
             text=TextSpec(
                 max_tokens=text["max_tokens"], pad_token=text["pad_token"], pad_id=text["pad_id"]
             ),

@@ -7,9 +7,10 @@ the two sides agree by construction rather than by keeping two copies in step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,18 @@ class ImageSpec:
     rescale_factor: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @classmethod
+    def from_fields(cls, image: Mapping[str, Any]) -> ImageSpec:
+        """From bundle.json's `image` object (checked against the bundle schema first)."""
+        return cls(
+            height=image["height"],
+            width=image["width"],
+            resample=image["resample"],
+            rescale_factor=image["rescale_factor"],
+            mean=tuple(image["mean"]),
+            std=tuple(image["std"]),
+        )
 
 
 @dataclass(frozen=True)
