@@ -6,7 +6,10 @@ The photos are referenced by distribution, import package and resource path in
 image bytes are copied into this repository (sources and licences are in
 `export/starter_data/PHOTOS.md` and in the data file). The split is by photo:
 `tune` photos choose the calibration and threshold, `holdout` photos are
-never used for any choice and only measure.
+never used for any choice and only measure. Each photo also names its stratum,
+`everyday` or `specialist` (science, texture, document), because an ImageNet-1k
+classifier sees the first kind far better than the second, and one figure over
+both would hide where the starter model can be trusted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from worker.errors import ExportError
 __all__ = [
     "DATA_FILE",
     "SPLITS",
+    "STRATA",
     "LabelledPair",
     "Photo",
     "accuracy",
@@ -37,8 +41,10 @@ __all__ = [
 
 DATA_FILE = Path(__file__).with_name("starter_data") / "labelled.json"
 SPLITS = ("tune", "holdout")
+STRATA = ("everyday", "specialist")
 
 Split = Literal["tune", "holdout"]
+Stratum = Literal["everyday", "specialist"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class Photo:
     package: str
     resource: str
     split: Split
+    stratum: Stratum
     source: str
     licence: str
     captions: tuple[tuple[str, int, str], ...]
@@ -87,6 +94,7 @@ class LabelledPair:
     caption: str
     label: int
     split: Split
+    stratum: Stratum
     photo_id: str
     difficulty: str
 
@@ -101,6 +109,7 @@ def load_photos(path: Path = DATA_FILE) -> list[Photo]:
             package=p["package"],
             resource=p["resource"],
             split=p["split"],
+            stratum=p["stratum"],
             source=p["source"],
             licence=p["licence"],
             captions=tuple(
@@ -125,7 +134,7 @@ def load_labelled(
             continue
         image = photo.image()
         pairs.extend(
-            LabelledPair(image, text, label, photo.split, photo.id, difficulty)
+            LabelledPair(image, text, label, photo.split, photo.stratum, photo.id, difficulty)
             for text, label, difficulty in photo.captions
         )
     return pairs
