@@ -244,14 +244,34 @@ def format_table(rows: Sequence[Row]) -> str:
         score = "-" if row.score is None else f"{row.score:.3f}"
         mark = "" if row.agrees else "  (differs)"
         lines.append(f"{row.post_id:<{width}} {caption:<44} {expected:<9} {score:>6}  {row.verdict}{mark}")
-    counts = {kind: sum(r.verdict == kind for r in rows) for kind in ("match", "mismatch", "error")}
-    agreed = sum(r.agrees for r in rows)
-    lines.append(
-        f"{len(rows)} posts: {counts['match']} match, {counts['mismatch']} mismatch, "
-        f"{counts['error']} error; {agreed} of {len(rows)} ({agreed / max(len(rows), 1):.0%}) "
-        "as the caption's author intended"
-    )
+    lines.append(Totals.of(rows).line())
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Verdict counts and agreement with the captions' authors, for the table and the report."""
+
+    posts: int
+    match: int
+    mismatch: int
+    error: int
+    agreed: int
+
+    @classmethod
+    def of(cls, rows: Sequence[Row]) -> Totals:
+        def count(verdict: str) -> int:
+            return sum(r.verdict == verdict for r in rows)
+
+        return cls(len(rows), count("match"), count("mismatch"), count("error"),
+                   sum(r.agrees for r in rows))
+
+    def line(self) -> str:
+        return (
+            f"{self.posts} posts: {self.match} match, {self.mismatch} mismatch, "
+            f"{self.error} error; {self.agreed} of {self.posts} "
+            f"({self.agreed / max(self.posts, 1):.0%}) as the caption's author intended"
+        )
 
 
 def _thumbnail(data: bytes) -> str:
@@ -270,7 +290,7 @@ def write_report(rows: Sequence[Row], path: Path, *, model_id: str) -> Path:
         thumbnails=[_thumbnail(row.sample.image) for row in rows],
         model_id=model_id,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        agreed=sum(r.agrees for r in rows),
+        totals=Totals.of(rows),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
