@@ -169,6 +169,8 @@ def test_labelled_set_is_split_by_photo_with_sources_and_licences() -> None:
     for stratum in ("everyday", "specialist"):
         assert strata.count(("tune", stratum)) == strata.count(("holdout", stratum)) >= 5
     listed = (DATA_FILE.parent / "PHOTOS.md").read_text(encoding="utf-8")
+    header, rule = [line for line in listed.splitlines() if line.startswith("|")][:2]
+    assert rule == "|" + "---|" * (header.count("|") - 1), "PHOTOS.md table is malformed"
     for photo in photos:
         labels = [label for _, label, _ in photo.captions]
         assert labels.count(1) >= 3 and labels.count(0) >= 3, photo.id
