@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,17 @@ import psutil
 import pytest
 
 from tests.support import shape_image
-from worker.demo import DemoOptions, Row, Sample, Totals, format_table, run_demo, write_report
+from worker.demo import (
+    DemoOptions,
+    Row,
+    Sample,
+    Totals,
+    format_table,
+    run_demo,
+    starter_bundle,
+    starter_path,
+    write_report,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +68,23 @@ def test_totals_count_verdicts_and_agreement_in_table_and_report(tmp_path: Path)
     html = write_report(rows, tmp_path / "report.html", model_id="m@1").read_text()
     assert ">2 match<" in html and ">1 mismatch<" in html and ">1 error<" in html
     assert "2 of 4 verdicts as the caption's author intended" in html
+
+
+def test_cached_starter_bundle_is_reused_and_earlier_recipes_removed(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle at this recipe's path is used as it is; one of an earlier recipe is deleted."""
+    bundles = tmp_path / "bundles"
+    current = starter_path(bundles)
+    assert current.parent == bundles and re.fullmatch(r"starter-[0-9a-f]{12}", current.name)
+    assert starter_path(bundles) == current
+    shutil.copytree(tiny_bundle, current)
+    (bundles / "starter-1").mkdir()
+    lines: list[str] = []
+    assert starter_bundle(bundles, echo=lines.append) == current
+    assert sorted(p.name for p in bundles.iterdir()) == [current.name]
+    assert lines[-1] == f"model: starter bundle from {current}"
+    assert any("removing" in line and "starter-1" in line for line in lines)
 
 
 def test_sigterm_stops_everything_the_demo_started(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -575,6 +575,7 @@ def demo(workdir: Path | None, bootstrap: str | None, database_url: str | None,
         photo_samples,
         run_demo,
         starter_bundle,
+        starter_path,
         write_report,
     )
 
@@ -589,7 +590,7 @@ def demo(workdir: Path | None, bootstrap: str | None, database_url: str | None,
         click.echo("interrupted: everything the demo started has been stopped", err=True)
         sys.exit(130)
     click.echo(format_table(rows))
-    model_id = load_bundle(bundle or options.workdir / "bundles" / "starter-1").spec.model_id
+    model_id = load_bundle(bundle or starter_path(options.workdir / "bundles")).spec.model_id
     report = write_report(rows, options.workdir / "report.html", model_id=model_id)
     click.echo(f"report: {report}")
     click.echo(f"done in {time.monotonic() - started:.0f}s")

@@ -9,6 +9,7 @@ started is stopped again on success, on failure and on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -36,12 +37,15 @@ from worker.persistence import alembic_config
 
 __all__ = [
     "DemoOptions",
+    "Row",
     "Sample",
+    "Totals",
     "default_workdir",
     "format_table",
     "photo_samples",
     "run_demo",
     "starter_bundle",
+    "starter_path",
     "write_report",
 ]
 
@@ -297,12 +301,34 @@ def write_report(rows: Sequence[Row], path: Path, *, model_id: str) -> Path:
     return path
 
 
+def starter_path(bundles: Path) -> Path:
+    """Where this release's starter bundle is cached under `bundles`.
+
+    The folder name carries a digest of the starter recipe and its labelled set, so
+    an upgrade that changes either builds a new bundle instead of reusing a stale one.
+    """
+    import export
+
+    root = Path(export.__file__).parent
+    digest = hashlib.sha256()
+    for part in ("starter.py", "starter_data/labelled.json"):
+        digest.update((root / part).read_bytes())
+    return bundles / f"starter-{digest.hexdigest()[:12]}"
+
+
 def starter_bundle(bundles: Path, echo: Callable[[str], None] = click.echo) -> Path:
-    """The starter bundle under `bundles`, built on first use and reused while it checks out."""
+    """The starter bundle under `bundles`, built on first use and reused while it checks out.
+
+    Bundles of earlier recipes (110 MB each) are removed.
+    """
     from worker.bundle import load_bundle
     from worker.errors import BundleError
 
-    path = bundles / "starter-1"
+    path = starter_path(bundles)
+    for stale in bundles.glob("starter-*"):
+        if stale != path:
+            echo(f"model: removing {stale}, built by an earlier starter recipe")
+            shutil.rmtree(stale)
     try:
         load_bundle(path)
         echo(f"model: starter bundle from {path}")
