@@ -13,6 +13,7 @@ import importlib.metadata
 import resource
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,7 +125,12 @@ def export_onnx(
     """
     sequence_axes = {0: "batch", 1: "sequence"}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The tracer's generic cautions (Python booleans from tensors, Slice steps it
+            # cannot fold) say nothing the parity gate after the export does not check on
+            # real batches; shown, they bury the progress lines.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
             torch.onnx.export(
                 wrapper,
                 tuple(torch.from_numpy(example[role]) for role in INPUT_NAMES),

