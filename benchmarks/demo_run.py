@@ -103,7 +103,7 @@ def main() -> None:
         for run in range(1, args.runs + 1):
             command = [str(itmguard), "demo", "--workdir", str(workdir)]
             wall, peak, code = _run_once(command, args.every)
-            kind = "first run (builds the model, initialises the database)" if run == 1 else "cached"
+            kind = "cached" if run > 1 else "first run (builds the model, initialises the database)"
             programs = ", ".join(
                 f"{name} {rss / _MIB:.0f}"
                 for name, rss in sorted(peak.rss_by_program.items(), key=lambda kv: -kv[1])

@@ -585,7 +585,8 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"{report['model_id']}: threshold {report['threshold']:.3f}")
     for name in SPLITS:
         if name in report:
-            rows = [(name, report[name]), *((f"  {s}", g) for s, g in report[name]["strata"].items())]
+            strata = report[name]["strata"].items()
+            rows = [(name, report[name]), *((f"  {s}", g) for s, g in strata)]
             for label, f in rows:
                 print(f"  {label:12s} ROC AUC {f['roc_auc']:.3f}  accuracy {f['accuracy']:.3f}  "
                       f"({f['pairs']} pairs, {f['photos']} photos)")
