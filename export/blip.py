@@ -32,8 +32,8 @@ from export.bundling import (
     OUTPUT_NAME,
     ParityGate,
     bundle_manifest,
+    done_line,
     export_onnx,
-    peak_memory_mib,
     staged_bundle,
     torch_runner,
 )
@@ -196,10 +196,7 @@ def export_blip(
 
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
-    progress(
-        f"done: {spec.model_id} in {time.monotonic() - started:.1f}s, "
-        f"peak memory {peak_memory_mib():.0f} MiB"
-    )
+    progress(done_line(spec, started))
     return spec
 
 

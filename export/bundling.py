@@ -13,6 +13,7 @@ import importlib.metadata
 import resource
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +35,8 @@ __all__ = [
     "OUTPUT_NAME",
     "ParityGate",
     "bundle_manifest",
+    "done_line",
     "export_onnx",
-    "peak_memory_mib",
     "staged_bundle",
     "torch_runner",
 ]
@@ -261,6 +262,9 @@ def staged_bundle(out: Path, shown: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)  # gone already once renamed
 
 
-def peak_memory_mib() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def done_line(spec: BundleSpec, started: float) -> str:
+    """An export's last progress line: the model id, wall time since `started` (a
+    time.monotonic() reading) and this process's peak resident memory."""
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    elapsed = time.monotonic() - started
+    return f"done: {spec.model_id} in {elapsed:.1f}s, peak memory {peak_mib:.0f} MiB"
