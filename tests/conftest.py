@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import fresh_database
-from worker.embedded import tansu_broker
+from worker.embedded import stop_process, tansu_broker
 
 
 @pytest.fixture(scope="session")
@@ -65,14 +65,7 @@ class WorkerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout, sig)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

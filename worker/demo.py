@@ -32,7 +32,7 @@ from alembic import command
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from worker.embedded import EmbeddedPostgres, create_topics, produce, tansu_broker
+from worker.embedded import EmbeddedPostgres, create_topics, produce, stop_process, tansu_broker
 from worker.persistence import alembic_config
 
 __all__ = [
@@ -179,13 +179,7 @@ def _worker(log_path: Path, bootstrap: str, database_url: str, bundle: Path) -> 
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 30)
 
 
 def _event(post_id: str, sample: Sample) -> bytes:

@@ -8,6 +8,7 @@ the same broker protocol and SQL dialect as production.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import time
@@ -24,9 +25,27 @@ __all__ = [
     "create_topics",
     "free_port",
     "produce",
+    "stop_process",
     "tansu_broker",
     "wait_for_port",
 ]
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM
+) -> int:
+    """Send `sig` and wait up to `timeout` seconds, then kill; returns the exit status.
+
+    One escalation for every process the project starts, so none outlives a stuck shutdown.
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def free_port() -> int:
@@ -74,12 +93,7 @@ def tansu_broker(
         wait_for_port(port)
         yield f"127.0.0.1:{advertised_port or port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
 
 
 class EmbeddedPostgres:
