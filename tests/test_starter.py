@@ -11,8 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-
+import transformers
 from click.testing import CliRunner
 
 import export.starter
@@ -183,14 +182,20 @@ def test_labelled_set_is_split_by_photo_with_sources_and_licences() -> None:
     assert difficulties == {"easy", "medium", "hard"}
 
 
-def test_weights_load_without_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """load_parts reads every weight from installed packages and never opens a connection."""
+def test_weights_load_without_the_network(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """load_parts reads every weight from installed packages and never opens a connection,
+    quietly: no library progress bar, and the library's own bar setting is left as it was."""
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"network access attempted: {args}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     parts = export.starter.load_parts()
+    assert capsys.readouterr().err == ""
+    assert transformers.utils.logging.is_progress_bar_enabled() == bars
     assert parts.classifier._fc.out_features == len(parts.class_names) == 1000
     assert len(parts.descriptions) == 1000 and all(parts.descriptions)
 
