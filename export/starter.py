@@ -47,7 +47,6 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
 from tokenizers import Tokenizer
 
 from export.bundling import (
@@ -493,7 +492,6 @@ def export_starter(
         tune = np.array([p.split == "tune" for p in pairs])
         scale, bias = fit_logistic(z[tune], labels[tune])
         matcher.set_calibration(scale, bias)
-        probabilities = 1 / (1 + np.exp(-(scale * z + bias)))
         progress(
             f"calibrate: sigmoid({scale:.3f}·z + {bias:.3f}) fitted on {int(tune.sum())} tune "
             f"pairs; threshold {THRESHOLD}"
