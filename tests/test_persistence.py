@@ -51,11 +51,24 @@ def test_writes_are_idempotent_and_mismatches_are_queued(database_url: str) -> N
 
 
 def test_a_post_twice_in_one_batch_keeps_the_last(database_url: str) -> None:
-    """A producer retry that puts one post twice in a batch writes one row, the later one."""
+    """A producer retry that puts one post twice in a batch writes one row, the later one,
+    and queues a review item only where that later verdict is a mismatch."""
     engine = create_engine(database_url)
-    write_outcomes(engine, [_outcome("a", "match", 0.9, 1), _outcome("a", "match", 0.8, 2)])
-    (row,) = _rows(engine, "verdicts")
-    assert (row.score, row.offset) == (0.8, 2)
+    write_outcomes(
+        engine,
+        [
+            _outcome("a", "match", 0.9, 1),
+            _outcome("a", "match", 0.8, 2),
+            _outcome("b", "mismatch", 0.1, 3),
+            _outcome("b", "match", 0.7, 4),
+            _outcome("c", "mismatch", 0.2, 5),
+            _outcome("c", "mismatch", 0.3, 6),
+        ],
+    )
+    assert [(r.post_id, r.score, r.offset) for r in _rows(engine, "verdicts")] == [
+        ("a", 0.8, 2), ("b", 0.7, 4), ("c", 0.3, 6),
+    ]
+    assert [(r.post_id, r.score) for r in _rows(engine, "review_items")] == [("c", 0.3)]
     engine.dispose()
 
 

@@ -19,8 +19,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects.postgresql import insert
 
-from worker.batch import Outcome
+from worker.batch import Outcome, ReviewContent
 from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
+from worker.verdicts import Verdict
 
 __all__ = [
     "alembic_config",
@@ -97,7 +98,8 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
     Raises:
         DatabaseUnavailable: the transaction did not commit; nothing of it was written.
     """
-    rows = _verdict_rows(outcomes)
+    latest = _latest_per_post(outcomes)
+    rows = [_verdict_row(v, o) for v, o in latest]
     if not rows:
         return 0
     statement = insert(verdicts)
@@ -105,7 +107,7 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
         constraint="uq_verdicts_post_model",
         set_={c: statement.excluded[c] for c in rows[0] if c not in ("post_id", "model_id")},
     )
-    queue = list(_review_rows(outcomes).values())
+    queue = [_review_row(v, o.review) for v, o in latest if o.review is not None]
     with translated(), engine.begin() as conn:
         conn.execute(upsert, rows)
         if queue:
@@ -118,52 +120,50 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
     return len(rows)
 
 
-def _review_rows(outcomes: Sequence[Outcome]) -> dict[tuple[str, str], dict[str, Any]]:
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for outcome in outcomes:
-        v, review = outcome.verdict, outcome.review
-        if v is None or v.post_id is None or review is None:
-            continue
-        rows[(v.post_id, v.model_id)] = {
-            "post_id": v.post_id,
-            "model_id": v.model_id,
-            "score": v.score,
-            "threshold": v.threshold,
-            "status": "pending",
-            "created_at": v.scored_at,
-            "caption": review.caption,
-            "image_url": review.image_url,
-            "thumbnail": review.thumbnail,
-            "event_time": v.event_time,
-        }
-    return rows
-
-
-def _verdict_rows(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
-    """One row per (post_id, model_id), the last in the batch winning.
+def _latest_per_post(outcomes: Sequence[Outcome]) -> list[tuple[Verdict, Outcome]]:
+    """The outcomes that carry a verdict for a post, one per (post_id, model_id), the last
+    in the batch winning.
 
     Postgres refuses an upsert that touches one row twice in a statement, and a
     producer's retry can put the same post in one batch twice.
     """
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    latest: dict[tuple[str, str], tuple[Verdict, Outcome]] = {}
     for outcome in outcomes:
         v = outcome.verdict
-        if v is None or v.post_id is None:
-            continue
-        rows[(v.post_id, v.model_id)] = {
-            "post_id": v.post_id,
-            "model_id": v.model_id,
-            "score": v.score,
-            "threshold": v.threshold,
-            "verdict": v.verdict,
-            "error_code": v.error_code,
-            "event_time": v.event_time,
-            "scored_at": v.scored_at,
-            "topic": outcome.record.topic,
-            "partition": outcome.record.partition,
-            "offset": outcome.record.offset,
-        }
-    return list(rows.values())
+        if v is not None and v.post_id is not None:
+            latest[(v.post_id, v.model_id)] = (v, outcome)
+    return list(latest.values())
+
+
+def _verdict_row(v: Verdict, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "post_id": v.post_id,
+        "model_id": v.model_id,
+        "score": v.score,
+        "threshold": v.threshold,
+        "verdict": v.verdict,
+        "error_code": v.error_code,
+        "event_time": v.event_time,
+        "scored_at": v.scored_at,
+        "topic": outcome.record.topic,
+        "partition": outcome.record.partition,
+        "offset": outcome.record.offset,
+    }
+
+
+def _review_row(v: Verdict, review: ReviewContent) -> dict[str, Any]:
+    return {
+        "post_id": v.post_id,
+        "model_id": v.model_id,
+        "score": v.score,
+        "threshold": v.threshold,
+        "status": "pending",
+        "created_at": v.scored_at,
+        "caption": review.caption,
+        "image_url": review.image_url,
+        "thumbnail": review.thumbnail,
+        "event_time": v.event_time,
+    }
 
 
 def alembic_config(url: str | None = None) -> Config:
