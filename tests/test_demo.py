@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.support import shape_image
+from worker.bundle import load_bundle
 from worker.demo import (
     DemoOptions,
     Row,
@@ -47,27 +48,29 @@ def test_demo_runs_twice_and_reports(tiny_bundle: Path, tmp_path: Path) -> None:
         assert "database: stopping" in lines and "broker: stopping" in lines
         time.sleep(1)  # distinct run ids
     assert "6 posts:" in format_table(rows)
-    html = write_report(rows, tmp_path / "report.html", model_id="tiny-blip@1").read_text()
+    html = write_report(rows, tmp_path / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") == 6
     assert "&lt;b&gt;caption 0&lt;/b&gt;" in html and "<b>caption" not in html
+    assert f"model {load_bundle(tiny_bundle).spec.model_id} ·" in html
 
 
 def test_totals_count_verdicts_and_agreement_in_table_and_report(tmp_path: Path) -> None:
     """The table's last line and the report's header give the same counts; errors never agree."""
     image = shape_image("blue", "square", seed=1)
     rows = [
-        Row("p0", Sample(image, "a", True, "generated"), 0.9, "match", None),
-        Row("p1", Sample(image, "b", False, "generated"), 0.8, "match", None),
-        Row("p2", Sample(image, "c", False, "generated"), 0.1, "mismatch", None),
-        Row("p3", Sample(image, "d", True, "generated"), None, "error", "image_decode_failed"),
+        Row("p0", Sample(image, "a", True, "generated"), 0.9, "match", None, "m@1"),
+        Row("p1", Sample(image, "b", False, "generated"), 0.8, "match", None, "m@1"),
+        Row("p2", Sample(image, "c", False, "generated"), 0.1, "mismatch", None, "m@1"),
+        Row("p3", Sample(image, "d", True, "generated"), None, "error", "image_decode_failed", "m@1"),
     ]
     totals = Totals.of(rows)
     assert totals == Totals(posts=4, match=2, mismatch=1, error=1, agreed=2)
     line = "4 posts: 2 match, 1 mismatch, 1 error; 2 of 4 (50%) as the caption's author intended"
     assert format_table(rows).splitlines()[-1] == line
-    html = write_report(rows, tmp_path / "report.html", model_id="m@1").read_text()
+    html = write_report(rows, tmp_path / "report.html").read_text()
     assert ">2 match<" in html and ">1 mismatch<" in html and ">1 error<" in html
     assert "2 of 4 verdicts as the caption's author intended" in html
+    assert "model m@1 ·" in html
 
 
 def test_cached_starter_bundle_is_reused_and_earlier_recipes_removed(

@@ -567,7 +567,6 @@ def demo(workdir: Path | None, bootstrap: str | None, database_url: str | None,
     """
     import time
 
-    from worker.bundle import load_bundle
     from worker.demo import (
         DemoOptions,
         default_workdir,
@@ -575,7 +574,6 @@ def demo(workdir: Path | None, bootstrap: str | None, database_url: str | None,
         photo_samples,
         run_demo,
         starter_bundle,
-        starter_path,
         write_report,
     )
 
@@ -590,8 +588,7 @@ def demo(workdir: Path | None, bootstrap: str | None, database_url: str | None,
         click.echo("interrupted: everything the demo started has been stopped", err=True)
         sys.exit(130)
     click.echo(format_table(rows))
-    model_id = load_bundle(bundle or starter_path(options.workdir / "bundles")).spec.model_id
-    report = write_report(rows, options.workdir / "report.html", model_id=model_id)
+    report = write_report(rows, options.workdir / "report.html")
     click.echo(f"report: {report}")
     click.echo(f"done in {time.monotonic() - started:.0f}s")
 

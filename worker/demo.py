@@ -78,6 +78,8 @@ class Row:
     score: float | None
     verdict: str
     error_code: str | None
+    model_id: str
+    """The model that scored the post, as its verdict row records it."""
 
     @property
     def agrees(self) -> bool:
@@ -221,13 +223,14 @@ def _rows(engine: sa.Engine, run_id: str, post_ids: list[str], samples: Sequence
         found = {
             r.post_id: r
             for r in conn.execute(
-                sa.text("SELECT post_id, score, verdict, error_code FROM verdicts "
+                sa.text("SELECT post_id, score, verdict, error_code, model_id FROM verdicts "
                         "WHERE post_id LIKE :prefix"),
                 {"prefix": f"demo-{run_id}-%"},
             )
         }
     return [
-        Row(pid, sample, found[pid].score, found[pid].verdict, found[pid].error_code)
+        Row(pid, sample, found[pid].score, found[pid].verdict, found[pid].error_code,
+            found[pid].model_id)
         for pid, sample in zip(post_ids, samples, strict=True)
     ]
 
@@ -280,13 +283,13 @@ def _thumbnail(data: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def write_report(rows: Sequence[Row], path: Path, *, model_id: str) -> Path:
+def write_report(rows: Sequence[Row], path: Path) -> Path:
     """A single HTML file, thumbnails inlined, that opens anywhere without a server."""
     env = Environment(loader=PackageLoader("worker"), autoescape=select_autoescape(["html"]))
     html = env.get_template("report.html").render(
         rows=rows,
         thumbnails=[_thumbnail(row.sample.image) for row in rows],
-        model_id=model_id,
+        model_id=", ".join(sorted({row.model_id for row in rows})),
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         totals=Totals.of(rows),
     )
