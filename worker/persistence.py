@@ -135,15 +135,22 @@ def _latest_per_post(outcomes: Sequence[Outcome]) -> list[tuple[Verdict, Outcome
     return list(latest.values())
 
 
-def _verdict_row(v: Verdict, outcome: Outcome) -> dict[str, Any]:
+def _scored(v: Verdict) -> dict[str, Any]:
+    """The columns a verdict row and a review item share."""
     return {
         "post_id": v.post_id,
         "model_id": v.model_id,
         "score": v.score,
         "threshold": v.threshold,
+        "event_time": v.event_time,
+    }
+
+
+def _verdict_row(v: Verdict, outcome: Outcome) -> dict[str, Any]:
+    return {
+        **_scored(v),
         "verdict": v.verdict,
         "error_code": v.error_code,
-        "event_time": v.event_time,
         "scored_at": v.scored_at,
         "topic": outcome.record.topic,
         "partition": outcome.record.partition,
@@ -153,16 +160,12 @@ def _verdict_row(v: Verdict, outcome: Outcome) -> dict[str, Any]:
 
 def _review_row(v: Verdict, review: ReviewContent) -> dict[str, Any]:
     return {
-        "post_id": v.post_id,
-        "model_id": v.model_id,
-        "score": v.score,
-        "threshold": v.threshold,
+        **_scored(v),
         "status": "pending",
         "created_at": v.scored_at,
         "caption": review.caption,
         "image_url": review.image_url,
         "thumbnail": review.thumbnail,
-        "event_time": v.event_time,
     }
 
 
