@@ -10,8 +10,12 @@ from typing import Any
 
 import pytest
 
+from tests.support import shape_image
 from worker.bundle import BUNDLE_FILES, file_sha256, load_bundle
+from worker.config import FetchLimits, Settings
 from worker.errors import BundleFieldError, BundleFileMissing, BundleHashMismatch
+from worker.images import decode_image
+from worker.runtime import open_scorer
 from worker.scoring import OnnxScorer
 
 
@@ -138,3 +142,24 @@ def test_scorer_refuses_names_the_graph_does_not_have(
     with pytest.raises(BundleFieldError, match=named) as caught:
         OnnxScorer(loaded, providers=("cpu",))
     assert "input_ids" in str(caught.value)
+
+
+def test_cpu_settings_reach_the_session_and_leave_scores_alone(tiny_bundle: Path) -> None:
+    """ITMGUARD_CPU_THREADS and ITMGUARD_CPU_MEMORY_ARENA configure the session the worker
+    opens, and a scorer with one thread and no arena scores as the default one does."""
+    images = [decode_image(shape_image(c, s, seed=i), FetchLimits())
+              for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"), ("green", "circle")])]
+    captions = ["a red circle", "a blue square", "a red square"]
+    default = open_scorer(Settings.from_env({"ITMGUARD_BUNDLE": str(tiny_bundle),
+                                             "ITMGUARD_PROVIDERS": "cpu"}))
+    lean = open_scorer(Settings.from_env({
+        "ITMGUARD_BUNDLE": str(tiny_bundle),
+        "ITMGUARD_PROVIDERS": "cpu",
+        "ITMGUARD_CPU_THREADS": "1",
+        "ITMGUARD_CPU_MEMORY_ARENA": "false",
+    }))
+    options = lean._session.get_session_options()
+    assert (options.intra_op_num_threads, options.enable_cpu_mem_arena) == (1, False)
+    defaults = default._session.get_session_options()
+    assert (defaults.intra_op_num_threads, defaults.enable_cpu_mem_arena) == (0, True)
+    assert abs(lean.score(images, captions) - default.score(images, captions)).max() < 1e-6

@@ -18,6 +18,7 @@ def test_defaults_without_environment() -> None:
     assert settings.dlq_topic == "posts-dlq"
     assert settings.providers == ("tensorrt", "cuda", "cpu")
     assert settings.threshold is None
+    assert (settings.cpu_threads, settings.cpu_memory_arena) == (0, True)
 
 
 def test_environment_values_are_parsed() -> None:
@@ -30,6 +31,8 @@ def test_environment_values_are_parsed() -> None:
         "ITMGUARD_BUNDLE": "/models/x",
         "ITMGUARD_IMAGE_MAX_PIXELS": "1000",
         "ITMGUARD_IMAGE_ALLOW_HOSTS": "img.local, cdn.local",
+        "ITMGUARD_CPU_THREADS": "2",
+        "ITMGUARD_CPU_MEMORY_ARENA": "off",
     })
     assert settings.kafka_bootstrap == ("a:9092", "b:9093")
     assert settings.max_batch == 64
@@ -37,6 +40,7 @@ def test_environment_values_are_parsed() -> None:
     assert settings.providers == ("cuda", "cpu")
     assert settings.bundle == Path("/models/x")
     assert settings.fetch_limits == FetchLimits(max_pixels=1000, allow_hosts=("img.local", "cdn.local"))
+    assert (settings.cpu_threads, settings.cpu_memory_arena) == (2, False)
 
 
 def test_flags_win_over_environment() -> None:
@@ -62,6 +66,9 @@ def test_flags_win_over_environment() -> None:
         ("ITMGUARD_LOG_LEVEL", "loud", "choose from"),
         ("ITMGUARD_IMAGE_ALLOW_HTTP", "maybe", "true or false"),
         ("ITMGUARD_IMAGE_TIMEOUT_S", "0", "between 0.1 and 300.0"),
+        ("ITMGUARD_CPU_THREADS", "-1", "between 0 and 1024"),
+        ("ITMGUARD_CPU_THREADS", "all", "whole number"),
+        ("ITMGUARD_CPU_MEMORY_ARENA", "small", "true or false"),
     ],
 )
 def test_bad_values_name_the_setting(env: str, value: str, says: str) -> None:

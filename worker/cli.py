@@ -27,6 +27,8 @@ _SCORE = (
     "ITMGUARD_THRESHOLD",
     "ITMGUARD_PROVIDERS",
     "ITMGUARD_TRT_CACHE_DIR",
+    "ITMGUARD_CPU_THREADS",
+    "ITMGUARD_CPU_MEMORY_ARENA",
     "ITMGUARD_MAX_BATCH",
     "ITMGUARD_IMAGE_MAX_BYTES",
     "ITMGUARD_IMAGE_MAX_PIXELS",
@@ -223,7 +225,9 @@ def export_starter(out: Path, name: str, version: str, tolerance: float) -> None
                            "evaluation": spec.raw.get("evaluation", {})}))
 
 
-_CALIBRATE = tuple(env for env in _SCORE if env not in ("ITMGUARD_BUNDLE", "ITMGUARD_THRESHOLD"))
+_CALIBRATE = tuple(env for env in _SCORE if env not in (
+    "ITMGUARD_BUNDLE", "ITMGUARD_THRESHOLD", "ITMGUARD_CPU_THREADS", "ITMGUARD_CPU_MEMORY_ARENA"
+))
 
 
 @main.command()

@@ -70,6 +70,8 @@ class Settings:
     threshold: float | None = None
     providers: tuple[str, ...] = PROVIDERS
     trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt"
+    cpu_threads: int = 0
+    cpu_memory_arena: bool = True
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
     session_timeout_s: float = 10.0
     shutdown_grace_s: float = 10.0
@@ -278,6 +280,11 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "ONNX Runtime execution providers allowed, in order of preference"),
     SettingSpec("ITMGUARD_TRT_CACHE_DIR", "trt_cache_dir", lambda t: Path(_nonempty(t)),
                 "directory for TensorRT engine and timing caches"),
+    SettingSpec("ITMGUARD_CPU_THREADS", "cpu_threads", _int_in(0, 1024),
+                "threads one model call uses on the CPU; 0: one per core of the machine, "
+                "which in a container is the node's, not its CPU limit"),
+    SettingSpec("ITMGUARD_CPU_MEMORY_ARENA", "cpu_memory_arena", _bool,
+                "keep ONNX Runtime's CPU memory arena: faster model calls, more resident memory"),
     SettingSpec("ITMGUARD_IMAGE_MAX_BYTES", "fetch_limits.max_bytes", _int_in(1, 1 << 30),
                 "largest encoded image accepted, in bytes"),
     SettingSpec("ITMGUARD_IMAGE_MAX_PIXELS", "fetch_limits.max_pixels", _int_in(1, 1 << 32),

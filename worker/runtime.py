@@ -33,6 +33,8 @@ def open_scorer(settings: Settings) -> OnnxScorer:
         providers=settings.providers,
         threshold=settings.threshold,
         trt_cache_dir=settings.trt_cache_dir,
+        cpu_threads=settings.cpu_threads,
+        cpu_memory_arena=settings.cpu_memory_arena,
     )
     profile = bundle.spec.raw.get("tensorrt", {}).get("profile")
     if scorer.provider == ORT_PROVIDERS["tensorrt"] and profile and settings.max_batch > profile["batch"][2]:

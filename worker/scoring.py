@@ -113,8 +113,14 @@ class OnnxScorer:
         providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
         threshold: float | None = None,
         trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt",
+        cpu_threads: int = 0,
+        cpu_memory_arena: bool = True,
     ) -> None:
         """Open `bundle` on the first usable provider.
+
+        `cpu_threads` (0: ONNX Runtime's choice, a thread per core of the machine) and
+        `cpu_memory_arena` exist for containers, where the machine's core count is not the
+        CPU limit and resident memory is what the limit counts.
 
         Raises:
             ConfigError: no allowed provider is available.
@@ -128,14 +134,20 @@ class OnnxScorer:
             tensorrt_options(bundle, trt_cache_dir) if n == ORT_PROVIDERS["tensorrt"] else {}
             for n in names
         ]
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = cpu_threads
+        session_options.enable_cpu_mem_arena = cpu_memory_arena
         self._session = ort.InferenceSession(
-            str(bundle.model_path), providers=list(zip(names, options, strict=True))
+            str(bundle.model_path),
+            sess_options=session_options,
+            providers=list(zip(names, options, strict=True)),
         )
         self.provider = self._session.get_providers()[0]
         self._check_signature()
         self._text = bundle.text_encoder()
         log.info("model_loaded", model_id=self.model_id, provider=self.provider,
-                 threshold=self.threshold)
+                 threshold=self.threshold, cpu_threads=cpu_threads,
+                 cpu_memory_arena=cpu_memory_arena)
 
     def _check_signature(self) -> None:
         spec = self.bundle.spec
