@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-SETTINGS = {
+VARIANTS = {
     "default": {"cpu_threads": 0, "cpu_memory_arena": True},
     "arena off": {"cpu_threads": 0, "cpu_memory_arena": False},
     "1 thread": {"cpu_threads": 1, "cpu_memory_arena": True},
@@ -63,10 +63,10 @@ def _measure(bundle: Path, cpu_threads: int, cpu_memory_arena: bool) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path)
-    parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_measure(args.bundle, **SETTINGS[args.child])))
+        print(json.dumps(_measure(args.bundle, **VARIANTS[args.child])))
         return
     bundle = args.bundle
     if bundle is None:
@@ -74,7 +74,7 @@ def main() -> None:
 
         bundle = starter_bundle(default_workdir() / "bundles")
     results = {}
-    for name in SETTINGS:
+    for name in VARIANTS:
         child = subprocess.run(
             [sys.executable, "-m", "benchmarks.cpu_settings", "--child", name, "--bundle", str(bundle)],
             check=True, capture_output=True, text=True,
