@@ -38,26 +38,34 @@ def _peak_rss_mib() -> float:
 
 def _measure(bundle: Path, cpu_threads: int, cpu_memory_arena: bool) -> dict[str, float]:
     """One setting, in this process: what the scorer costs to hold and to call."""
-    from tests.support import pooled_events
-    from worker.batch import Record, parse_records, score_parsed
     from worker.bundle import load_bundle
     from worker.config import FetchLimits
+    from worker.judge import judge_batches
     from worker.scoring import OnnxScorer
+    from worker.testing import FakeFetcher, pooled_events, record_batches
 
     events = [payload for _, payload in pooled_events(BATCH * (TIMED_BATCHES + 1), "bench")]
     before = _peak_rss_mib()
-    scorer = OnnxScorer(load_bundle(bundle), providers=("cpu",), cpu_threads=cpu_threads,
-                        cpu_memory_arena=cpu_memory_arena)
+    scorer = OnnxScorer(
+        load_bundle(bundle),
+        providers=("cpu",),
+        cpu_threads=cpu_threads,
+        cpu_memory_arena=cpu_memory_arena,
+    )
     limits = FetchLimits()
+    batches = judge_batches(record_batches(events, BATCH), scorer, FakeFetcher(), limits)
     times = []
-    for i in range(0, len(events), BATCH):
-        records = [Record(p, topic="posts", offset=i + j) for j, p in enumerate(events[i : i + BATCH])]
+    while True:
         started = time.perf_counter()
-        score_parsed(parse_records(records), scorer, limits)
+        if next(batches, None) is None:
+            break
         times.append(time.perf_counter() - started)
     peak = _peak_rss_mib()
-    return {"peak_mib": peak, "model_mib": peak - before,
-            "ms_per_batch": 1000 * statistics.median(times[1:])}
+    return {
+        "peak_mib": peak,
+        "model_mib": peak - before,
+        "ms_per_batch": 1000 * statistics.median(times[1:]),
+    }
 
 
 def main() -> None:
@@ -70,22 +78,35 @@ def main() -> None:
         return
     bundle = args.bundle
     if bundle is None:
-        from worker.demo import default_workdir, starter_bundle
+        from worker.demo.run import default_workdir, starter_bundle
 
         bundle = starter_bundle(default_workdir() / "bundles")
     results = {}
     for name in VARIANTS:
         child = subprocess.run(
-            [sys.executable, "-m", "benchmarks.cpu_settings", "--child", name, "--bundle", str(bundle)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.cpu_settings",
+                "--child",
+                name,
+                "--bundle",
+                str(bundle),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         results[name] = json.loads(child.stdout.strip().splitlines()[-1])
     base = results["default"]
     print(f"bundle {bundle}, {TIMED_BATCHES} timed batches of {BATCH}, a fresh process per setting")
     for name, r in results.items():
-        print(f"{name:10s} peak RSS {r['peak_mib']:6.0f} MiB ({r['model_mib']:5.0f} MiB for the model, "
-              f"x{r['model_mib'] / base['model_mib']:.2f})  "
-              f"{r['ms_per_batch']:6.0f} ms/batch (x{r['ms_per_batch'] / base['ms_per_batch']:.2f})")
+        print(
+            f"{name:10s} peak RSS {r['peak_mib']:6.0f} MiB "
+            f"({r['model_mib']:5.0f} MiB for the model, "
+            f"x{r['model_mib'] / base['model_mib']:.2f})  "
+            f"{r['ms_per_batch']:6.0f} ms/batch (x{r['ms_per_batch'] / base['ms_per_batch']:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -108,9 +108,11 @@ def main() -> None:
                 f"{name} {rss / _MIB:.0f}"
                 for name, rss in sorted(peak.rss_by_program.items(), key=lambda kv: -kv[1])
             )
-            print(f"run {run}, {kind}: exit {code}, wall {wall:.1f} s, "
-                  f"peak PSS of all demo processes {peak.pss_total / _MIB:.0f} MiB "
-                  f"({peak.processes} processes at most)")
+            print(
+                f"run {run}, {kind}: exit {code}, wall {wall:.1f} s, "
+                f"peak PSS of all demo processes {peak.pss_total / _MIB:.0f} MiB "
+                f"({peak.processes} processes at most)"
+            )
             print(f"  largest RSS per program, MiB: {programs}")
             if code != 0:
                 sys.exit(f"the demo failed; its logs are in {workdir / 'logs'}")

@@ -21,8 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipProcessor
-from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForImageTextRetrieval,
+    BlipImageProcessorPil,
+    BlipProcessor,
+)
 
 from export.blip import export_blip
 from export.tiny import tiny_vocab
@@ -54,8 +59,10 @@ def main() -> None:
     spec = export_blip(checkpoint, root / "bundle", fp16=args.fp16, max_text_tokens=35)
     size = (root / "bundle" / "model.onnx").stat().st_size / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"export of {spec.model_id}: {time.monotonic() - started:.1f}s, model.onnx {size:.0f} MiB, "
-          f"peak RSS {peak:.0f} MiB (whole process, checkpoint build included)")
+    print(
+        f"export of {spec.model_id}: {time.monotonic() - started:.1f}s, model.onnx {size:.0f} MiB, "
+        f"peak RSS {peak:.0f} MiB (whole process, checkpoint build included)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Good-event throughput of the scoring path with and without poison input mixed in.
 
-Runs `parse_records` + `score_parsed` (the worker's path minus Kafka and SQL,
+Runs `worker.judge` (the worker's path minus Kafka and SQL,
 which cost the same per event either way) over the same 500 good events, once
 alone and once interleaved with the 523-event poison corpus, in batches of 32,
 and prints good events per second for both and their ratio. Target: the mixed
@@ -18,18 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support import poison_corpus, pooled_events
-from worker.batch import Record, parse_records, score_parsed
 from worker.bundle import load_bundle
 from worker.config import FetchLimits
+from worker.judge import judge_batches
 from worker.scoring import OnnxScorer
+from worker.testing import FakeFetcher, poison_corpus, pooled_events, record_batches
 
 
 def _run(payloads: list[bytes], scorer: OnnxScorer, limits: FetchLimits, batch: int) -> float:
     started = time.perf_counter()
-    for i in range(0, len(payloads), batch):
-        records = [Record(p, topic="posts", offset=i + j) for j, p in enumerate(payloads[i : i + batch])]
-        score_parsed(parse_records(records), scorer, limits)
+    for _ in judge_batches(record_batches(payloads, batch), scorer, FakeFetcher(), limits):
+        pass
     return time.perf_counter() - started
 
 
@@ -60,7 +59,10 @@ def main() -> None:
     clean_rate, mixed_rate = len(good) / clean, len(good) / poisoned
     print(f"model {scorer.model_id}, batch {args.batch}, best of {args.repeat}")
     print(f"clean: {len(good)} good events in {clean:.2f}s = {clean_rate:.0f} good events/s")
-    print(f"mixed: {len(good)} good + {len(bad)} bad in {poisoned:.2f}s = {mixed_rate:.0f} good events/s")
+    print(
+        f"mixed: {len(good)} good + {len(bad)} bad in {poisoned:.2f}s "
+        f"= {mixed_rate:.0f} good events/s"
+    )
     print(f"ratio mixed/clean: {mixed_rate / clean_rate:.2f} (target >= 0.80)")
 
 

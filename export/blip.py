@@ -28,19 +28,18 @@ from transformers import AutoProcessor, BlipForImageTextRetrieval
 
 from export.bundling import (
     INPUT_NAMES,
-    NO_HASH,
     OUTPUT_NAME,
     ParityGate,
     bundle_manifest,
     done_line,
-    export_onnx,
+    draft_spec,
     staged_bundle,
-    torch_runner,
+    trace_with_reference,
+    write_tokenizer,
 )
-from export.parity import batch_scores, parity_feeds
+from export.parity import parity_feeds
 from worker.bundle import BundleSpec, write_manifest
 from worker.errors import ExportError
-from worker.preprocess import TextEncoder
 
 __all__ = [
     "ARCHITECTURE",
@@ -162,38 +161,18 @@ def export_blip(
         fp16=fp16,
         max_batch=max_batch,
     )
-    spec = BundleSpec.from_manifest({**manifest, "model_sha256": NO_HASH}, str(out))
+    spec = draft_spec(manifest, out)
 
     with staged_bundle(out, shown) as work:
-        processor.tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
-        encoder = TextEncoder.from_file(work / "tokenizer.json", spec.text)
+        encoder = write_tokenizer(processor.tokenizer.backend_tokenizer, work, spec.text)
         feeds = parity_feeds(spec, encoder)
-
-        progress(f"trace: opset {opset}, dynamic batch and sequence axes")
-        wrapper = MatchProbability(model).eval()
-        export_onnx(shown, wrapper, work / "traced.onnx", feeds[1], opset)
-        reference = batch_scores(torch_runner(wrapper), feeds)
-        del wrapper, model
+        reference = trace_with_reference(
+            shown, MatchProbability(model).eval(), feeds, work / "traced.onnx", opset, progress
+        )
+        del model  # before any ONNX Runtime session opens, so the two never share memory
         gc.collect()
-
         gate = ParityGate(shown, spec, feeds, reference, tolerance, progress)
-        report: dict[str, Any] = {"onnx_vs_pytorch": gate.check("verify", work / "traced.onnx")}
-        chosen = work / "traced.onnx"
-        if optimize:
-            fused = _optimise(work / "traced.onnx", work / "optimised.onnx")
-            progress(f"optimise: fused {fused or 'nothing'}")
-            report["optimised_vs_pytorch"] = gate.check("optimise", work / "optimised.onnx")
-            report["fusions"] = fused
-            chosen = work / "optimised.onnx"
-        if fp16:
-            _to_fp16(shown, chosen, work / "fp16.onnx")
-            report |= gate.check_fp16(
-                chosen, work / "fp16.onnx", min_agreement=FP16_MIN_AGREEMENT
-            )
-            chosen = work / "fp16.onnx"
-        report["precision"] = "fp16" if fp16 else "fp32"
-        chosen.rename(work / "model.onnx")
-
+        report = _checked_graphs(shown, gate, work, optimize=optimize, fp16=fp16, progress=progress)
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
     progress(done_line(spec, started))
@@ -229,17 +208,48 @@ def _default_name(checkpoint: Path | str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw.rsplit("/", 1)[-1])
 
 
-def _optimise(source: Path, target: Path) -> dict[str, int]:
-    """ONNX Runtime's transformer fusions, kept portable (no provider-specific rewrites)."""
+def _checked_graphs(
+    shown: str,
+    gate: ParityGate,
+    work: Path,
+    *,
+    optimize: bool,
+    fp16: bool,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The verify, optimise and fp16 stages: the traced graph, then each graph made from it,
+    must pass the parity gate; the last one becomes model.onnx. Returns bundle.json's `parity`.
+    """
+    chosen = work / "traced.onnx"
+    report: dict[str, Any] = {"onnx_vs_pytorch": gate.check("verify", chosen)}
+    if optimize:
+        report |= _optimise(gate, chosen, work / "optimised.onnx", progress)
+        chosen = work / "optimised.onnx"
+    if fp16:
+        report |= _fp16(shown, gate, chosen, work / "fp16.onnx")
+        chosen = work / "fp16.onnx"
+    report["precision"] = "fp16" if fp16 else "fp32"
+    chosen.rename(work / "model.onnx")
+    return report
+
+
+def _optimise(
+    gate: ParityGate, source: Path, target: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The optimise stage: ONNX Runtime's transformer fusions, kept portable (no
+    provider-specific rewrites), and the fused graph's parity with PyTorch."""
     optimised = optimize_model(
         str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
     )
     optimised.save_model_to_file(str(target))
-    return {op: n for op, n in optimised.get_fused_operator_statistics().items() if n}
+    fused = {op: n for op, n in optimised.get_fused_operator_statistics().items() if n}
+    progress(f"optimise: fused {fused or 'nothing'}")
+    return {"optimised_vs_pytorch": gate.check("optimise", target), "fusions": fused}
 
 
-def _to_fp16(shown: str, source: Path, target: Path) -> None:
-    """fp16 weights and arithmetic, with the overflow-prone ops and the ITM head in fp32."""
+def _fp16(shown: str, gate: ParityGate, source: Path, target: Path) -> dict[str, Any]:
+    """The fp16 stage: fp16 weights and arithmetic, with the overflow-prone ops and the ITM
+    head in fp32, kept only if its verdicts agree with fp32's often enough."""
     model = OnnxModel(onnx.load(str(source)))
     head = [node.name for node in model.model.graph.node if "/itm_head/" in node.name]
     if not head:
@@ -248,6 +258,7 @@ def _to_fp16(shown: str, source: Path, target: Path) -> None:
         keep_io_types=True, op_block_list=list(FP32_OPS), node_block_list=head
     )
     model.save_model_to_file(str(target))
+    return gate.check_fp16(source, target, min_agreement=FP16_MIN_AGREEMENT)
 
 
 def _check_checkpoint(checkpoint: Path, shown: str) -> None:

@@ -1,5 +1,6 @@
 """What every exporter shares: the bundle contract's names, the manifest's common
-fields, the ONNX trace, the parity gate, and writing a bundle all at once.
+fields, the tokenizer file, the ONNX trace, the parity gate, and writing a bundle
+all at once.
 
 An exporter (`export.blip`, `export.starter`) wraps its model as one
 `torch.nn.Module` taking `pixel_values`, `input_ids` and `attention_mask` and
@@ -24,28 +25,31 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from tokenizers import Tokenizer
 
-from export.parity import PARITY_BATCHES, Feeds, compare, session_scores
+from export.parity import PARITY_BATCHES, Feeds, batch_scores, compare, session_scores
 from worker.bundle import BundleSpec
 from worker.errors import ExportError
+from worker.preprocess import TextEncoder, TextSpec
 
 __all__ = [
     "INPUT_NAMES",
-    "NO_HASH",
     "OUTPUT_NAME",
     "ParityGate",
     "bundle_manifest",
     "done_line",
+    "draft_spec",
     "export_onnx",
     "staged_bundle",
     "torch_runner",
+    "trace_with_reference",
+    "write_tokenizer",
 ]
 
 INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
 OUTPUT_NAME = "match_probability"
 
-NO_HASH = "0" * 64
-"""A placeholder hash, so a manifest can be checked before the slow steps."""
+_NO_HASH = "0" * 64
 
 
 def bundle_manifest(
@@ -114,6 +118,23 @@ def bundle_manifest(
     }
 
 
+def draft_spec(manifest: dict[str, Any], out: Path) -> BundleSpec:
+    """`manifest` checked against the bundle schema before there is a model to hash, so a
+    bad name, version or threshold fails before the slow steps rather than after them."""
+    return BundleSpec.from_manifest({**manifest, "model_sha256": _NO_HASH}, str(out))
+
+
+def write_tokenizer(tokenizer: Tokenizer, work: Path, text: TextSpec) -> TextEncoder:
+    """Write the bundle's tokenizer.json, and an encoder read back from that file.
+
+    Every caption the export encodes (calibration, parity) goes through the file the
+    worker will load, not through the exporter's own tokenizer object and its settings.
+    """
+    path = work / "tokenizer.json"
+    tokenizer.save(str(path))
+    return TextEncoder.from_file(path, text)
+
+
 def export_onnx(
     shown: str, wrapper: torch.nn.Module, path: Path, example: Feeds, opset: int
 ) -> None:
@@ -130,7 +151,8 @@ def export_onnx(
             # The tracer's generic cautions (Python booleans from tensors, Slice steps it
             # cannot fold) say nothing the parity gate after the export does not check on
             # real batches; shown, they bury the progress lines.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # TracerWarning is public in torch.jit but missing from its __all__.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
             torch.onnx.export(
                 wrapper,
@@ -150,6 +172,24 @@ def export_onnx(
         onnx.checker.check_model(str(path))
     except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
         raise ExportError(shown, f"ONNX export failed: {exc}") from exc
+
+
+def trace_with_reference(
+    shown: str,
+    wrapper: torch.nn.Module,
+    feeds: list[Feeds],
+    path: Path,
+    opset: int,
+    progress: Callable[[str], None],
+) -> np.ndarray:
+    """The trace stage: `wrapper` traced to `path`, and its PyTorch scores on the parity set
+    `feeds`, the reference every graph of the bundle is then checked against.
+
+    Traced on the parity set's second batch, whose two captions differ in length.
+    """
+    progress(f"trace: opset {opset}, dynamic batch and sequence axes")
+    export_onnx(shown, wrapper, path, feeds[1], opset)
+    return batch_scores(torch_runner(wrapper), feeds)
 
 
 def torch_runner(wrapper: torch.nn.Module) -> Callable[[Feeds], np.ndarray]:
@@ -191,8 +231,12 @@ class ParityGate:
         Raises:
             ExportError: some pair differs by more than the tolerance (or is NaN).
         """
-        parity = compare(self.reference, self._score(path), tolerance=self.tolerance,
-                         threshold=self.spec.threshold)
+        parity = compare(
+            self.reference,
+            self._score(path),
+            tolerance=self.tolerance,
+            threshold=self.spec.threshold,
+        )
         self.progress(
             f"{stage}: {parity.n_pairs} pairs in batches of {', '.join(map(str, PARITY_BATCHES))}: "
             f"max abs diff {parity.max_abs_diff:.3g}, mean {parity.mean_abs_diff:.3g} "
@@ -221,7 +265,8 @@ class ParityGate:
         self.progress(
             f"fp16: verdicts agree with fp32 on {versus_fp32.decision_agreement:.1%} of "
             f"{versus_fp32.n_pairs} pairs (need {min_agreement:.1%}); max abs diff "
-            f"{versus_fp32.max_abs_diff:.3g} from fp32, {versus_torch.max_abs_diff:.3g} from PyTorch"
+            f"{versus_fp32.max_abs_diff:.3g} from fp32, "
+            f"{versus_torch.max_abs_diff:.3g} from PyTorch"
         )
         if not versus_fp32.decision_agreement >= min_agreement:
             raise ExportError(

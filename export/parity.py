@@ -41,13 +41,15 @@ PARITY_BATCHES = (1, 2, 4, 8, 16, 32)
 Feeds = dict[str, np.ndarray]
 """One batch of model inputs keyed by role: pixel_values, input_ids, attention_mask."""
 
-_WORDS = (
-    "a an the two three small large red green blue yellow white black dog cat man woman "
-    "child people car bus bicycle street beach sea sky mountain tree flower table chair "
-    "plate pizza cake bowl of with on in at next to near under above holding sitting "
-    "standing riding playing eating looking bright dark old young wooden metal photo "
-    "picture view close-up group sunny cloudy night city park kitchen room window door"
-).split()
+# Words of everyday captions, so the parity set's captions tokenise like posted ones.
+_CAPTION_WORDS = """
+    a an the two three small large red green blue yellow white black dog cat man woman
+    child people car bus bicycle street beach sea sky mountain tree flower table chair
+    plate pizza cake bowl of with on in at next to near under above holding sitting
+    standing riding playing eating looking bright dark old young wooden metal photo
+    picture view close-up group sunny cloudy night city park kitchen room window door
+"""
+_WORDS = _CAPTION_WORDS.split()
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def parity_pairs(
 ) -> list[tuple[list[Image.Image], list[str]]]:
     """The parity set as batches of (pictures, captions), the same for the same arguments."""
     rng = random.Random(seed)
-    out = []
+    out: list[tuple[list[Image.Image], list[str]]] = []
     for batch in batches:
         images = [_picture(rng, seed * 1000 + len(out) * 64 + i) for i in range(batch)]
         captions = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import fresh_database
-from worker.embedded import stop_process, tansu_broker
+from worker.demo.embedded import stop_process, tansu_broker
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +43,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     checkpoint = make_tiny_checkpoint(root / "checkpoint", seed=0)
-    export_blip(checkpoint, root / "bundle", name="tiny-blip", version="1",
-                progress=lambda _: None)
+    export_blip(checkpoint, root / "bundle", name="tiny-blip", version="1", progress=lambda _: None)
     return root / "bundle"
 
 
@@ -59,7 +59,9 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.cli", "worker"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self.proc
 
@@ -69,6 +71,16 @@ class WorkerProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_events(self, event: str, **fields: object) -> list[dict[str, object]]:
+        """The worker's JSON log lines named `event` whose fields include `fields`."""
+        found = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("event") == event and fields.items() <= entry.items():
+                    found.append(entry)
+        return found
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import shape_image
 from worker.bundle import BUNDLE_FILES, file_sha256, load_bundle
 from worker.config import FetchLimits, Settings
-from worker.errors import BundleFieldError, BundleFileMissing, BundleHashMismatch
+from worker.errors import BundleFieldError, BundleFileMissing, BundleHashMismatch, ConfigError
 from worker.images import decode_image
-from worker.runtime import open_scorer
+from worker.runtime import check_max_batch, open_scorer
 from worker.scoring import OnnxScorer
+from worker.testing import shape_image
 
 
 @pytest.fixture
@@ -147,19 +147,38 @@ def test_scorer_refuses_names_the_graph_does_not_have(
 def test_cpu_settings_reach_the_session_and_leave_scores_alone(tiny_bundle: Path) -> None:
     """ITMGUARD_CPU_THREADS and ITMGUARD_CPU_MEMORY_ARENA configure the session the worker
     opens, and a scorer with one thread and no arena scores as the default one does."""
-    images = [decode_image(shape_image(c, s, seed=i), FetchLimits())
-              for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"), ("green", "circle")])]
+    images = [
+        decode_image(shape_image(c, s, seed=i), FetchLimits())
+        for i, (c, s) in enumerate([("red", "circle"), ("blue", "square"), ("green", "circle")])
+    ]
     captions = ["a red circle", "a blue square", "a red square"]
-    default = open_scorer(Settings.from_env({"ITMGUARD_BUNDLE": str(tiny_bundle),
-                                             "ITMGUARD_PROVIDERS": "cpu"}))
-    lean = open_scorer(Settings.from_env({
-        "ITMGUARD_BUNDLE": str(tiny_bundle),
-        "ITMGUARD_PROVIDERS": "cpu",
-        "ITMGUARD_CPU_THREADS": "1",
-        "ITMGUARD_CPU_MEMORY_ARENA": "false",
-    }))
+    default = open_scorer(
+        Settings.from_env({"ITMGUARD_BUNDLE": str(tiny_bundle), "ITMGUARD_PROVIDERS": "cpu"})
+    )
+    lean = open_scorer(
+        Settings.from_env(
+            {
+                "ITMGUARD_BUNDLE": str(tiny_bundle),
+                "ITMGUARD_PROVIDERS": "cpu",
+                "ITMGUARD_CPU_THREADS": "1",
+                "ITMGUARD_CPU_MEMORY_ARENA": "false",
+            }
+        )
+    )
     options = lean._session.get_session_options()
     assert (options.intra_op_num_threads, options.enable_cpu_mem_arena) == (1, False)
     defaults = default._session.get_session_options()
     assert (defaults.intra_op_num_threads, defaults.enable_cpu_mem_arena) == (0, True)
     assert abs(lean.score(images, captions) - default.score(images, captions)).max() < 1e-6
+
+
+def test_a_max_batch_above_the_tensorrt_profile_is_refused(tiny_bundle: Path) -> None:
+    """On TensorRT, a max batch larger than the bundle's shape profile is refused at start,
+    naming the setting; within the profile, or on another provider, it is accepted."""
+    spec = load_bundle(tiny_bundle).spec
+    largest = spec.raw["tensorrt"]["profile"]["batch"][2]
+    with pytest.raises(ConfigError, match="ITMGUARD_MAX_BATCH") as refused:
+        check_max_batch(spec, "TensorrtExecutionProvider", largest + 1)
+    assert f"TensorRT profile ({largest})" in str(refused.value)
+    check_max_batch(spec, "TensorrtExecutionProvider", largest)
+    check_max_batch(spec, "CPUExecutionProvider", largest + 1)

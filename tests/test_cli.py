@@ -10,16 +10,18 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from tests.support import post_event, shape_image
 from worker.cli import main
-from worker.events import validator
+from worker.messages import validator
+from worker.testing import post_event, shape_image
 
 
 def test_score_one_image_prints_a_valid_verdict(tiny_bundle: Path, tmp_path: Path) -> None:
     """`score IMAGE CAPTION` prints one verdict JSON that follows the verdict schema."""
     image = tmp_path / "dog.png"
     image.write_bytes(shape_image("red", "circle"))
-    result = CliRunner().invoke(main, ["score", "--bundle", str(tiny_bundle), str(image), "a red circle"])
+    result = CliRunner().invoke(
+        main, ["score", "--bundle", str(tiny_bundle), str(image), "a red circle"]
+    )
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.stdout)
     validator("verdict.v1").validate(verdict)
@@ -29,7 +31,9 @@ def test_score_one_image_prints_a_valid_verdict(tiny_bundle: Path, tmp_path: Pat
 
 def test_score_input_file_gives_one_verdict_per_event(tiny_bundle: Path, tmp_path: Path) -> None:
     """`score --input` prints a verdict per event, errors included, and reports id-less lines."""
-    lines = [post_event(f"p{i}", "a red circle", shape_image("red", "circle", seed=i)) for i in range(5)]
+    lines = [
+        post_event(f"p{i}", "a red circle", shape_image("red", "circle", seed=i)) for i in range(5)
+    ]
     lines += [post_event("broken", "a red circle", b"not an image"), b"{not json"]
     posts = tmp_path / "posts.jsonl"
     posts.write_bytes(b"\n".join(lines) + b"\n")
@@ -79,8 +83,19 @@ def test_export_command_writes_a_loadable_bundle(tmp_path: Path) -> None:
 
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", seed=3)
     result = CliRunner().invoke(
-        main, ["export", "blip", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"),
-               "--name", "cli-test", "--version", "7"]
+        main,
+        [
+            "export",
+            "blip",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "b"),
+            "--name",
+            "cli-test",
+            "--version",
+            "7",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model_id"] == "cli-test@7"

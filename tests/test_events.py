@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from worker.errors import ImageDecodeFailed, InvalidEvent, InvalidJson
-from worker.events import dead_letter_message, parse_post_event, peek_post_id, validator
+from worker.events import parse_post_event, peek_post_id
+from worker.messages import dead_letter_message, validator, verdict_message
 from worker.verdicts import Verdict, decide, flag_id
 
 IMAGE = base64.b64encode(b"\x89PNG fake").decode()
@@ -92,8 +93,15 @@ def test_dead_letter_is_valid_and_cuts_huge_payloads() -> None:
     """Dead letters validate; a payload over 512 KiB is cut but described in full."""
     payload = b"x" * (600 * 1024)
     letter = dead_letter_message(
-        payload=payload, post_id=None, reason="invalid_json", detail="d", model_id="m@1",
-        topic="posts", partition=0, offset=7, failed_at=datetime.now(UTC),
+        payload=payload,
+        post_id=None,
+        reason="invalid_json",
+        detail="d",
+        model_id="m@1",
+        topic="posts",
+        partition=0,
+        offset=7,
+        failed_at=datetime.now(UTC),
     )
     validator("dead-letter.v1").validate(letter)
     assert letter["payload_truncated"] is True
@@ -105,7 +113,7 @@ def test_verdict_messages_validate_and_flag_ids_are_stable() -> None:
     """Match, mismatch and error verdicts validate; flag_id depends on post and model only."""
     now = datetime.now(UTC)
     for score, kind, code in [(0.9, "match", None), (0.1, "mismatch", None), (None, "error", "x")]:
-        message = Verdict("p1", "m@1", score, 0.5, kind, code, now, None).to_message()
+        message = verdict_message(Verdict("p1", "m@1", score, 0.5, kind, code, now, None))
         validator("verdict.v1").validate(message)
         assert message["flag_id"] == flag_id("p1", "m@1")
     assert flag_id("p1", "m@1") != flag_id("p1", "m@2")
@@ -121,8 +129,13 @@ def test_decide_splits_at_the_threshold() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"post_id": "a\x00b"}, {"caption": "nul \x00 inside"}, {"caption": "lone \ud800 surrogate"},
-     {"author_id": "\udfff"}, {"image": {"url": "https://a/\x00"}}],
+    [
+        {"post_id": "a\x00b"},
+        {"caption": "nul \x00 inside"},
+        {"caption": "lone \ud800 surrogate"},
+        {"author_id": "\udfff"},
+        {"image": {"url": "https://a/\x00"}},
+    ],
 )
 def test_text_postgres_or_utf8_cannot_hold_is_invalid(fields: dict[str, object]) -> None:
     """NUL characters and unpaired surrogates (legal in JSON) are refused before they reach SQL."""

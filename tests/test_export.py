@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, BlipForImageTextRetrieval
 
 import export.blip
+import export.bundling
 import export.parity
 import worker.preprocess
 from export.blip import export_blip
@@ -208,7 +209,9 @@ def test_unoptimised_export_keeps_the_plain_graph(exported: Exported, tmp_path: 
     assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
 
 
-def test_tensorrt_profile_and_caches_are_recorded_and_used(exported: Exported, tmp_path: Path) -> None:
+def test_tensorrt_profile_and_caches_are_recorded_and_used(
+    exported: Exported, tmp_path: Path
+) -> None:
     """bundle.json's TensorRT profile becomes provider options with per-model cache folders."""
     from worker.scoring import tensorrt_options
 
@@ -230,7 +233,7 @@ def test_unreachable_hub_id_fails_fast_with_advice(
     """A hub id on a machine whose hub is unreachable fails at once, saying to pass a directory."""
     import time
 
-    from worker.embedded import free_port
+    from worker.demo.embedded import free_port
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -342,7 +345,7 @@ def test_failed_parity_leaves_no_bundle(exported: Exported, tmp_path: Path) -> N
 
 def test_export_and_worker_share_one_preprocessing() -> None:
     """Export builds model inputs with the worker's own functions, not copies of them."""
-    assert export.blip.TextEncoder is worker.preprocess.TextEncoder
+    assert export.bundling.TextEncoder is worker.preprocess.TextEncoder
     assert export.parity.preprocess_images is worker.preprocess.preprocess_images
     assert export.parity.TextEncoder is worker.preprocess.TextEncoder
 

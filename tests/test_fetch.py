@@ -13,9 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tests.support import shape_image
 from worker.config import FetchLimits
-from worker.embedded import free_port
+from worker.demo.embedded import free_port
 from worker.errors import (
     ImageFetchFailed,
     ImageFetchTimeout,
@@ -24,6 +23,7 @@ from worker.errors import (
     ImageUrlForbidden,
 )
 from worker.fetch import ImageFetcher, address_problem, host_allowed
+from worker.testing import shape_image
 
 PNG = shape_image("red", "circle")
 LOCAL = FetchLimits(allow_http=True, allow_hosts=("127.0.0.1",), timeout_s=2, retries=1)
@@ -37,7 +37,9 @@ class Hits:
 
 
 @asynccontextmanager
-async def serve(routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]) -> AsyncIterator[tuple[str, Hits]]:
+async def serve(
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+) -> AsyncIterator[tuple[str, Hits]]:
     hits = Hits()
 
     @web.middleware
@@ -70,7 +72,9 @@ def fetch(url: str, limits: FetchLimits = LOCAL, **kwargs: Any) -> bytes:
     return asyncio.run(run())
 
 
-def fetch_from(routes: dict[str, Any], path: str, limits: FetchLimits = LOCAL) -> tuple[bytes | Exception, Hits]:
+def fetch_from(
+    routes: dict[str, Any], path: str, limits: FetchLimits = LOCAL
+) -> tuple[bytes | Exception, Hits]:
     async def run() -> tuple[bytes | Exception, Hits]:
         async with serve(routes) as (base, hits), ImageFetcher(limits) as fetcher:
             try:
@@ -106,11 +110,19 @@ class FakeDns(AbstractResolver):
         self.table = table
         self.asked: list[str] = []
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         self.asked.append(host)
         return [
-            {"hostname": host, "host": a, "port": port, "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
-             "proto": 0, "flags": 0}
+            {
+                "hostname": host,
+                "host": a,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
             for a in self.table[host]
         ]
 
@@ -121,13 +133,25 @@ class FakeDns(AbstractResolver):
 @pytest.mark.parametrize(
     ("address", "problem"),
     [
-        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"),
-        ("172.16.0.9", "private"), ("192.168.1.1", "private"), ("fc00::1", "private"),
-        ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("224.0.0.1", "multicast"),
-        ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
-        ("240.0.0.1", "reserved"), ("::ffff:10.0.0.1", "private"), ("::ffff:169.254.169.254", "link-local"),
-        ("::ffff:127.0.0.1", "loopback"), ("100.64.0.1", "not globally routable"),
-        ("8.8.8.8", None), ("2606:4700:4700::1111", None),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.9", "private"),
+        ("192.168.1.1", "private"),
+        ("fc00::1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:169.254.169.254", "link-local"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("100.64.0.1", "not globally routable"),
+        ("8.8.8.8", None),
+        ("2606:4700:4700::1111", None),
     ],
 )
 def test_address_problems_are_named(address: str, problem: str | None) -> None:
@@ -140,20 +164,27 @@ def test_allow_list_takes_names_and_networks() -> None:
     ten = [ipaddress.ip_address("10.0.0.7")]
     assert host_allowed("IMG.internal", ten, ["img.internal"])
     assert host_allowed("other", ten, ["10.0.0.0/24"])
-    assert not host_allowed("other", ten + [ipaddress.ip_address("10.9.0.1")], ["10.0.0.0/24"])
+    assert not host_allowed("other", [*ten, ipaddress.ip_address("10.9.0.1")], ["10.0.0.0/24"])
     assert not host_allowed("other", ten, [])
 
 
 @pytest.mark.parametrize(
     "url",
     [
-        "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/a.png", "http://[fc00::1]/a.png",
-        "http://[::ffff:10.0.0.1]/a.png", "http://0.0.0.0/a.png", "http://127.0.0.1:9/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/a.png",
+        "http://[fc00::1]/a.png",
+        "http://[::ffff:10.0.0.1]/a.png",
+        "http://0.0.0.0/a.png",
+        "http://127.0.0.1:9/a.png",
         "http://224.0.0.1/a.png",
     ],
 )
-def test_literal_forbidden_addresses_are_refused_before_connecting(url: str, connections: list[str]) -> None:
-    """An address literal off-limits is refused with image_url_forbidden and no connection attempt."""
+def test_literal_forbidden_addresses_are_refused_before_connecting(
+    url: str, connections: list[str]
+) -> None:
+    """An address literal off-limits is refused with image_url_forbidden and no connection
+    attempt."""
     with pytest.raises(ImageUrlForbidden) as info:
         fetch(url, FetchLimits(allow_http=True))
     assert info.value.code == "image_url_forbidden"
@@ -174,7 +205,9 @@ def test_names_resolving_to_forbidden_addresses_are_refused_in_the_resolver(
     assert connections == []
 
 
-@pytest.mark.parametrize("url", ["http://img.example/a.png", "ftp://img.example/a.png", "file:///etc/passwd", "/a.png"])
+@pytest.mark.parametrize(
+    "url", ["http://img.example/a.png", "ftp://img.example/a.png", "file:///etc/passwd", "/a.png"]
+)
 def test_only_https_by_default(url: str, connections: list[str]) -> None:
     """Plain http, other schemes and relative URLs are refused unless http is allowed."""
     with pytest.raises(ImageUrlForbidden):
@@ -188,7 +221,8 @@ def test_allow_listed_loopback_host_is_fetched() -> None:
 
 
 def test_redirect_to_a_forbidden_address_is_refused_on_that_hop(connections: list[str]) -> None:
-    """A redirect from an allowed host to the metadata address is refused before connecting to it."""
+    """A redirect from an allowed host to the metadata address is refused before connecting to
+    it."""
 
     async def to_metadata(_: web.Request) -> web.Response:
         raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
@@ -296,8 +330,9 @@ def test_fetch_all_fetches_each_url_once_and_returns_errors_as_values() -> None:
             return await fetcher.fetch_all([base + "/a.png", base + "/a.png", base + "/none"]), hits
 
     results, hits = asyncio.run(run())
-    assert list(results.values())[0] == PNG
-    assert isinstance(list(results.values())[1], ImageFetchFailed)
+    first, second = results.values()
+    assert first == PNG
+    assert isinstance(second, ImageFetchFailed)
     assert hits.paths.count("/a.png") == 1
 
 

@@ -7,10 +7,10 @@ import io
 import pytest
 from PIL import Image
 
-from tests.support import png_header, shape_image
 from worker.config import FetchLimits
 from worker.errors import ImageDecodeFailed, ImageTooLarge, ImageTooManyPixels
 from worker.images import decode_image
+from worker.testing import png_header, shape_image
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
@@ -47,8 +47,12 @@ def test_pixel_bomb_is_refused_from_its_header() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"plain text, not an image", shape_image("red", "circle", fmt="JPEG")[:300],
-     png_header(10, 10)],
+    [
+        b"",
+        b"plain text, not an image",
+        shape_image("red", "circle", fmt="JPEG")[:300],
+        png_header(10, 10),
+    ],
     ids=["empty", "text", "truncated-jpeg", "png-without-pixels"],
 )
 def test_broken_images_are_decode_failures(data: bytes) -> None:

@@ -5,31 +5,35 @@ from __future__ import annotations
 import urllib.request
 from datetime import UTC, datetime
 
-from worker.batch import Outcome, Record
-from worker.embedded import free_port
+from worker.demo.embedded import free_port
 from worker.metrics import Metrics
 from worker.verdicts import Verdict
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
 
-def _outcome(verdict: str, letter: str | None = None) -> Outcome:
+def _verdict(verdict: str) -> Verdict:
     score = None if verdict == "error" else 0.4
-    code = letter if verdict == "error" else None
-    return Outcome(Record(b"", "posts"), Verdict("p", "m@1", score, 0.5, verdict, code, NOW, None),  # type: ignore[arg-type]
-                   {"reason": letter} if letter else None)
+    code = "invalid_event" if verdict == "error" else None
+    return Verdict("p", "m@1", score, 0.5, verdict, code, NOW, None)  # type: ignore[arg-type]
 
 
 def test_batches_count_verdicts_dead_letters_and_timings() -> None:
     """A recorded batch adds to the verdict and dead-letter counters and the histograms."""
     metrics = Metrics()
-    metrics.record_batch([_outcome("match"), _outcome("mismatch"), _outcome("error", "invalid_event")],
-                         score_s=0.02, total_s=0.05)
+    metrics.record_batch(
+        size=4,
+        verdicts=[_verdict("match"), _verdict("mismatch"), _verdict("error")],
+        dead_letter_reasons=["invalid_event", "invalid_json"],
+        score_s=0.02,
+        total_s=0.05,
+    )
     value = metrics.registry.get_sample_value
     assert value("itmguard_verdicts_total", {"model_id": "m@1", "verdict": "mismatch"}) == 1
     assert value("itmguard_verdicts_total", {"model_id": "m@1", "verdict": "error"}) == 1
     assert value("itmguard_dead_letters_total", {"reason": "invalid_event"}) == 1
-    assert value("itmguard_batch_size_sum") == 3
+    assert value("itmguard_dead_letters_total", {"reason": "invalid_json"}) == 1
+    assert value("itmguard_batch_size_sum") == 4
     assert value("itmguard_batch_seconds_count") == 1
 
 

@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from worker.batch import Outcome, Record, ReviewContent
 from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
 from worker.persistence import check_schema_current, create_engine, write_outcomes
-from worker.verdicts import Verdict
+from worker.verdicts import Outcome, Record, ReviewContent, Verdict, last_outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +18,11 @@ NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 
 def _outcome(post_id: str, verdict: str, score: float | None, offset: int = 0) -> Outcome:
     code = "invalid_event" if verdict == "error" else None
-    review = ReviewContent(f"caption of {post_id}", None, b"\xff\xd8jpeg") if verdict == "mismatch" else None
+    review = (
+        ReviewContent(f"caption of {post_id}", None, b"\xff\xd8jpeg")
+        if verdict == "mismatch"
+        else None
+    )
     return Outcome(
         Record(b"", topic="posts", partition=1, offset=offset),
         Verdict(post_id, "m@1", score, 0.5, verdict, code, NOW, None),  # type: ignore[arg-type]
@@ -36,12 +39,18 @@ def _rows(engine: sa.Engine, table: str) -> list[sa.Row]:
 def test_writes_are_idempotent_and_mismatches_are_queued(database_url: str) -> None:
     """Writing a batch twice leaves one verdict per post and one review item per mismatch."""
     engine = create_engine(database_url)
-    batch = [_outcome("a", "match", 0.9), _outcome("b", "mismatch", 0.1), _outcome("c", "error", None)]
+    batch = [
+        _outcome("a", "match", 0.9),
+        _outcome("b", "mismatch", 0.1),
+        _outcome("c", "error", None),
+    ]
     assert write_outcomes(engine, batch) == 3
     assert write_outcomes(engine, batch) == 3
     rows = _rows(engine, "verdicts")
     assert [(r.post_id, r.verdict, r.error_code, r.partition) for r in rows] == [
-        ("a", "match", None, 1), ("b", "mismatch", None, 1), ("c", "error", "invalid_event", 1),
+        ("a", "match", None, 1),
+        ("b", "mismatch", None, 1),
+        ("c", "error", "invalid_event", 1),
     ]
     queued = _rows(engine, "review_items")
     assert [(r.post_id, r.status, r.caption, r.thumbnail) for r in queued] == [
@@ -51,22 +60,26 @@ def test_writes_are_idempotent_and_mismatches_are_queued(database_url: str) -> N
 
 
 def test_a_post_twice_in_one_batch_keeps_the_last(database_url: str) -> None:
-    """A producer retry that puts one post twice in a batch writes one row, the later one,
-    and queues a review item only where that later verdict is a mismatch."""
+    """A producer retry that puts one post twice in a batch writes one row, the later one
+    (as `last_outcomes` chooses), and queues a review item only where that later verdict is a
+    mismatch; handing the writer both outcomes of one post is refused."""
     engine = create_engine(database_url)
-    write_outcomes(
-        engine,
-        [
-            _outcome("a", "match", 0.9, 1),
-            _outcome("a", "match", 0.8, 2),
-            _outcome("b", "mismatch", 0.1, 3),
-            _outcome("b", "match", 0.7, 4),
-            _outcome("c", "mismatch", 0.2, 5),
-            _outcome("c", "mismatch", 0.3, 6),
-        ],
-    )
+    batch = [
+        _outcome("a", "match", 0.9, 1),
+        _outcome("a", "match", 0.8, 2),
+        _outcome("b", "mismatch", 0.1, 3),
+        _outcome("b", "match", 0.7, 4),
+        _outcome("c", "mismatch", 0.2, 5),
+        _outcome("c", "mismatch", 0.3, 6),
+    ]
+    with pytest.raises(ValueError, match="last_outcomes"):
+        write_outcomes(engine, batch)
+    assert _rows(engine, "verdicts") == []
+    assert write_outcomes(engine, last_outcomes(batch)) == 3
     assert [(r.post_id, r.score, r.offset) for r in _rows(engine, "verdicts")] == [
-        ("a", 0.8, 2), ("b", 0.7, 4), ("c", 0.3, 6),
+        ("a", 0.8, 2),
+        ("b", 0.7, 4),
+        ("c", 0.3, 6),
     ]
     assert [(r.post_id, r.score) for r in _rows(engine, "review_items")] == [("c", 0.3)]
     engine.dispose()
@@ -83,7 +96,7 @@ def test_outcomes_without_post_id_write_nothing(database_url: str) -> None:
 
 def test_unreachable_database_raises_database_unavailable() -> None:
     """A refused connection surfaces as DatabaseUnavailable, not a driver error."""
-    from worker.embedded import free_port
+    from worker.demo.embedded import free_port
 
     engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     with pytest.raises(DatabaseUnavailable):

@@ -10,7 +10,7 @@ from PIL import Image
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from worker.events import load_schema
+from worker.messages import load_schema
 from worker.preprocess import ImageSpec, TextEncoder, TextSpec, preprocess_images
 
 SCHEMA_RESAMPLE = load_schema("bundle.v1")["properties"]["image"]["properties"]["resample"]["enum"]

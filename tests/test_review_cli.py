@@ -16,8 +16,13 @@ pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
 
 
-def run(database_url: str, *args: str, moderator: str | None = "alice", stdin: str | None = None,
-        **env: str) -> Result:
+def run(
+    database_url: str,
+    *args: str,
+    moderator: str | None = "alice",
+    stdin: str | None = None,
+    **env: str,
+) -> Result:
     """Invoke `itmguard review ARGS` with the test database and moderator in the environment."""
     environ = {"ITMGUARD_DATABASE_URL": database_url, "ITMGUARD_MODERATOR": moderator, **env}
     return CliRunner().invoke(main, ["review", *args], env=environ, input=stdin)
@@ -34,8 +39,14 @@ def seed(database_url: str, captions: list[str], *, thumbnail: bytes | None = No
                     "created_at, caption, image_url, thumbnail) VALUES (:p, 'm@1', :s, 0.5, "
                     "'pending', now() - make_interval(secs => :age), :c, :url, :thumb)"
                 ),
-                {"p": f"post-{i}", "s": 0.1 + i / 100, "age": 100 - i, "c": caption,
-                 "url": None if thumbnail else f"https://img.example/{i}.jpg", "thumb": thumbnail},
+                {
+                    "p": f"post-{i}",
+                    "s": 0.1 + i / 100,
+                    "age": 100 - i,
+                    "c": caption,
+                    "url": None if thumbnail else f"https://img.example/{i}.jpg",
+                    "thumb": thumbnail,
+                },
             )
         ids = conn.execute(sa.text("SELECT id FROM review_items ORDER BY id")).scalars().all()
     engine.dispose()
@@ -46,23 +57,32 @@ def seed(database_url: str, captions: list[str], *, thumbnail: bytes | None = No
 def accounts(database_url: str) -> str:
     """Moderator accounts alice and bob, made through the admin command."""
     for name in ("alice", "bob"):
-        result = run(database_url, "add-moderator", "--password-stdin", name, moderator=None,
-                     stdin=PASSWORD + "\n")
+        result = run(
+            database_url,
+            "add-moderator",
+            "--password-stdin",
+            name,
+            moderator=None,
+            stdin=PASSWORD + "\n",
+        )
         assert result.exit_code == 0, result.output
     return database_url
 
 
 def test_add_moderator_prompts_twice_and_refuses_duplicates(database_url: str) -> None:
     """The admin command asks for the password twice, stores a hash, refuses a taken name."""
-    result = run(database_url, "add-moderator", "carol", moderator=None,
-                 stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    result = run(
+        database_url, "add-moderator", "carol", moderator=None, stdin=f"{PASSWORD}\n{PASSWORD}\n"
+    )
     assert result.exit_code == 0, result.output
     assert "moderator carol created" in result.output
-    again = run(database_url, "add-moderator", "carol", moderator=None,
-                stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    again = run(
+        database_url, "add-moderator", "carol", moderator=None, stdin=f"{PASSWORD}\n{PASSWORD}\n"
+    )
     assert again.exit_code == 1 and "already exists" in again.output
-    short = run(database_url, "add-moderator", "--password-stdin", "dave", moderator=None,
-                stdin="short\n")
+    short = run(
+        database_url, "add-moderator", "--password-stdin", "dave", moderator=None, stdin="short\n"
+    )
     assert short.exit_code == 1 and "at least 12 characters" in short.output
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:
@@ -143,8 +163,9 @@ def test_terminal_output_escapes_control_characters(accounts: str) -> None:
 def test_export_labels_feeds_calibration(accounts: str, tmp_path: Path) -> None:
     """Decisions export as labelled post events; thumbnails go as base64 data."""
     ids = seed(accounts, ["a", "b", "c"], thumbnail=b"\xff\xd8\xff\xe0jpeg")
-    for item_id, decision in zip(ids, ("confirmed_mismatch", "not_a_mismatch", "escalate"),
-                                 strict=True):
+    for item_id, decision in zip(
+        ids, ("confirmed_mismatch", "not_a_mismatch", "escalate"), strict=True
+    ):
         assert run(accounts, "claim", str(item_id)).exit_code == 0
         assert run(accounts, "decide", str(item_id), decision).exit_code == 0
     out = tmp_path / "labels.jsonl"

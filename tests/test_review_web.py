@@ -23,18 +23,26 @@ import sqlalchemy as sa
 from aiohttp import web
 from PIL import Image
 
-from tests.support import shape_image
-from worker import review
-from worker.batch import thumbnail_jpeg
 from worker.config import Settings
+from worker.images import thumbnail_jpeg
 from worker.persistence import create_engine
-from worker.web import SESSION_MAX_AGE_S, Session, SessionCodec, create_app
+from worker.review.accounts import add_moderator, disable_moderator
+from worker.review.items import Item, get_item, history
+from worker.review.sessions import SESSION_MAX_AGE_S, Session, SessionCodec
+from worker.review.web import create_app
+from worker.testing import shape_image
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 PASSWORD = "correct horse battery"
 SECRET = "s" * 48
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -48,8 +56,10 @@ def browser() -> Iterator[Any]:
     except ImportError as exc:
         pytest.fail(f"the browser tests need Playwright: .venv/bin/pip install -e '.[dev]' ({exc})")
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"the browser tests need Debian's Chromium at {CHROMIUM}: "
-                    "apt-get update && apt-get install -y chromium (.ci/run does this)")
+        pytest.fail(
+            f"the browser tests need Debian's Chromium at {CHROMIUM}: "
+            "apt-get update && apt-get install -y chromium (.ci/run does this)"
+        )
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -65,8 +75,9 @@ class ServerThread:
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._main(),), daemon=True
+        )
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
@@ -100,12 +111,11 @@ class Site:
     engine: sa.Engine
     ids: dict[str, int]
 
-    def item(self, key: str) -> review.Item:
-        return review.get_item(self.engine, self.ids[key])
+    def item(self, key: str) -> Item:
+        return get_item(self.engine, self.ids[key])
 
     def audit(self, key: str) -> list[tuple[str, str, str | None]]:
-        return [(e.action, e.moderator, e.decision)
-                for e in review.history(self.engine, self.ids[key])]
+        return [(e.action, e.moderator, e.decision) for e in history(self.engine, self.ids[key])]
 
 
 ITEMS = [  # key, caption, colour and shape drawn, score (claim order is by score)
@@ -120,8 +130,8 @@ ITEMS = [  # key, caption, colour and shape drawn, score (claim order is by scor
 def site(database_url: str) -> Iterator[Site]:
     """Accounts alice and bob, four queued items with inline thumbnails, the app serving them."""
     engine = create_engine(database_url)
-    review.add_moderator(engine, "alice", PASSWORD)
-    review.add_moderator(engine, "bob", PASSWORD)
+    add_moderator(engine, "alice", PASSWORD)
+    add_moderator(engine, "bob", PASSWORD)
     ids = {}
     with engine.begin() as conn:
         for i, (key, caption, colour, shape, score) in enumerate(ITEMS):
@@ -149,8 +159,9 @@ def context(browser: Any) -> Iterator[Any]:
     ctx.close()
 
 
-def sign_in(context: Any, site: Site, user: str = "alice", password: str = PASSWORD,
-            path: str = "/review") -> Any:
+def sign_in(
+    context: Any, site: Site, user: str = "alice", password: str = PASSWORD, path: str = "/review"
+) -> Any:
     """Open `path`, land on the sign-in form, sign in, and return the page where it went."""
     page = context.new_page()
     page.goto(site.url + path)
@@ -162,8 +173,9 @@ def sign_in(context: Any, site: Site, user: str = "alice", password: str = PASSW
     return page
 
 
-def test_sign_in_then_review_with_clicks(context: Any, site: Site, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_sign_in_then_review_with_clicks(
+    context: Any, site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """alice signs in, takes the next item, decides it with a click and a note, gets the next."""
     page = sign_in(context, site)
     errors: list[str] = []
@@ -192,11 +204,20 @@ def test_sign_in_then_review_with_clicks(context: Any, site: Site, tmp_path: Pat
     page.wait_for_url(f"{site.url}/items/{site.ids['xss']}")  # the next item, claimed
     decided = site.item("circle")
     assert (decided.status, decided.decision, decided.decided_by, decided.note) == (
-        "decided", "confirmed_mismatch", "alice", "the image shows a red circle")
-    assert site.audit("circle") == [("claim", "alice", None),
-                                    ("decide", "alice", "confirmed_mismatch")]
-    assert site.audit("xss") == [("claim", "alice", None), ("release", "alice", None),
-                                 ("claim", "alice", None)]
+        "decided",
+        "confirmed_mismatch",
+        "alice",
+        "the image shows a red circle",
+    )
+    assert site.audit("circle") == [
+        ("claim", "alice", None),
+        ("decide", "alice", "confirmed_mismatch"),
+    ]
+    assert site.audit("xss") == [
+        ("claim", "alice", None),
+        ("release", "alice", None),
+        ("claim", "alice", None),
+    ]
     assert errors == []
 
 
@@ -215,8 +236,9 @@ def test_keyboard_shortcuts_decide(context: Any, site: Site) -> None:
     page.keyboard.press("Escape")
     page.keyboard.press("1")
     page.wait_for_url(f"{site.url}/items/{site.ids['square']}")
-    assert [(site.item(k).decision, site.item(k).decided_by) for k in ("xss", "circle", "triangle")] == [
-        ("not_a_mismatch", "alice"), ("escalate", "alice"), ("confirmed_mismatch", "alice")]
+    assert [
+        (site.item(k).decision, site.item(k).decided_by) for k in ("xss", "circle", "triangle")
+    ] == [("not_a_mismatch", "alice"), ("escalate", "alice"), ("confirmed_mismatch", "alice")]
     assert site.item("triangle").note == "1 2 3 looks wrong"
     assert site.item("square").claimed_by == "alice"
     page.keyboard.press("r")
@@ -232,8 +254,11 @@ def test_unauthenticated_requests_are_refused(context: Any, site: Site) -> None:
         response = request.get(site.url + path, max_redirects=0)
         assert response.status == 303, path
         assert response.headers["location"].startswith("/login?next=")
-    refused = request.post(f"{site.url}/items/{item_id}/decide",
-                           form={"decision": "escalate", "csrf": "x"}, max_redirects=0)
+    refused = request.post(
+        f"{site.url}/items/{item_id}/decide",
+        form={"decision": "escalate", "csrf": "x"},
+        max_redirects=0,
+    )
     assert refused.status == 401
     page = context.new_page()
     page.goto(f"{site.url}/items/{item_id}")
@@ -254,13 +279,14 @@ def test_a_forged_post_without_csrf_is_refused(context: Any, site: Site) -> None
     page.wait_for_url(f"{site.url}/items/{site.ids['xss']}")
     item_id = site.ids["xss"]
     for form in ({"decision": "escalate"}, {"decision": "escalate", "csrf": "forged"}):
-        response = page.request.post(f"{site.url}/items/{item_id}/decide", form=form,
-                                     max_redirects=0)
+        response = page.request.post(
+            f"{site.url}/items/{item_id}/decide", form=form, max_redirects=0
+        )
         assert response.status == 403
         assert "CSRF" in response.text()
-    login = context.request.post(site.url + "/login",
-                                 form={"username": "bob", "password": PASSWORD},
-                                 max_redirects=0)
+    login = context.request.post(
+        site.url + "/login", form={"username": "bob", "password": PASSWORD}, max_redirects=0
+    )
     assert login.status == 403
     held = site.item("xss")
     assert (held.status, held.claimed_by, held.decision) == ("claimed", "alice", None)
@@ -302,8 +328,10 @@ def test_another_moderators_item_cannot_be_decided(browser: Any, site: Site) -> 
         assert bob.locator("button[value=escalate]").count() == 0
         assert "alice, lease until" in bob.inner_text("#status")
         csrf = bob.locator("form.signout input[name=csrf]").input_value()
-        response = bob.request.post(f"{site.url}/items/{site.ids['xss']}/decide",
-                                    form={"decision": "escalate", "csrf": csrf})
+        response = bob.request.post(
+            f"{site.url}/items/{site.ids['xss']}/decide",
+            form={"decision": "escalate", "csrf": csrf},
+        )
         assert response.url.endswith("error=held")
         assert "Another moderator holds this item." in response.text()
         assert site.item("xss").claimed_by == "alice" and site.item("xss").decision is None
@@ -330,7 +358,9 @@ def test_list_filters_and_item_history(context: Any, site: Site) -> None:
     page.goto(f"{site.url}/items/{site.ids['xss']}")
     rows = page.locator("#history tbody tr")
     assert [rows.nth(i).locator("td").nth(1).inner_text() for i in range(rows.count())] == [
-        "claim", "decide"]
+        "claim",
+        "decide",
+    ]
     assert "escalate" in rows.nth(1).inner_text()
 
 
@@ -338,7 +368,7 @@ def test_a_disabled_moderator_is_signed_out(context: Any, site: Site) -> None:
     """Disabling an account ends its session at the next request."""
     page = sign_in(context, site)
     assert page.url == site.url + "/review"
-    review.disable_moderator(site.engine, "alice")
+    disable_moderator(site.engine, "alice")
     page.goto(site.url + "/items")
     assert page.url.startswith(site.url + "/login")
 
@@ -352,7 +382,7 @@ def test_sign_in_never_redirects_off_site(context: Any, site: Site) -> None:
 
 
 def test_cookies_and_headers_in_secure_mode(database_url: str) -> None:
-    """Outside --dev the session cookie is __Host-, Secure, HttpOnly, SameSite=Lax; pages carry a CSP."""
+    """Outside --dev the cookie is __Host-, Secure, HttpOnly and SameSite=Lax; pages carry a CSP."""
     engine = create_engine(database_url)
     app = create_app(engine, Settings(), secret=SECRET, secure_cookies=True)
     try:
@@ -373,7 +403,7 @@ def test_session_cookies_are_signed_and_expire() -> None:
     session = Session(csrf="t", user="alice", issued=1_000.0, fingerprint="f")
     value = codec.dumps(session)
     assert codec.loads(value, now=1_001.0) == session
-    body, mac = value.split(".")
+    _, mac = value.split(".")
     forged = codec.dumps(Session(csrf="t", user="bob", issued=1_000.0)).split(".")[0]
     assert codec.loads(f"{forged}.{mac}", now=1_001.0) is None
     assert SessionCodec("o" * 48).loads(value, now=1_001.0) is None

@@ -26,7 +26,7 @@ from export.shapes import (
 from export.tiny import WORDS
 from export.train_tiny import evaluate
 from worker.bundle import load_bundle
-from worker.events import validator
+from worker.messages import validator
 
 BUNDLE = Path(__file__).parent / "data" / "shapes-itm"
 HELD_OUT_SEED = 424242  # neither the training stream nor its validation and test seeds

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import BundleFieldError, BundleFileMissing, BundleHashMismatch
-from worker.events import validator
+from worker.messages import validator
 from worker.preprocess import ImageSpec, TextEncoder, TextSpec
 
 __all__ = [

@@ -15,26 +15,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from worker.errors import ConfigError
+from worker.parsers import (
+    boolean,
+    bootstrap_servers,
+    choice,
+    choices,
+    csv,
+    database_url,
+    float_in,
+    int_in,
+    matching,
+    nonempty,
+    optional,
+    secret,
+    topic_name,
+)
 
 __all__ = [
     "DEFAULT_FETCH_LIMITS",
+    "DEFAULT_TRT_CACHE_DIR",
     "MODERATOR_NAME",
     "PROVIDERS",
     "REVIEW_ORDERS",
     "SETTINGS",
     "FetchLimits",
-    "Settings",
     "SettingSpec",
+    "Settings",
 ]
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REVIEW_ORDERS = ("score", "age")
 MODERATOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+MODERATOR_RULE = "1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,9 @@ class FetchLimits:
 
 DEFAULT_FETCH_LIMITS = FetchLimits()
 
+DEFAULT_TRT_CACHE_DIR = Path.home() / ".cache" / "itmguard" / "tensorrt"
+"""Where TensorRT engines and timing caches go unless ITMGUARD_TRT_CACHE_DIR says otherwise."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -69,7 +86,7 @@ class Settings:
     max_wait_ms: int = 200
     threshold: float | None = None
     providers: tuple[str, ...] = PROVIDERS
-    trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt"
+    trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR
     cpu_threads: int = 0
     cpu_memory_arena: bool = True
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
@@ -132,114 +149,9 @@ class Settings:
 
 
 def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url  # only where a database URL is read or shown
+
     return make_url(url).render_as_string(hide_password=True)
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError("must be a whole number") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}")
-        return value
-
-    return parse
-
-
-def _float_in(lo: float, hi: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError("must be a number") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}")
-        return value
-
-    return parse
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda text: None if text == "" else parse(text)
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _bootstrap(text: str) -> tuple[str, ...]:
-    servers = tuple(s.removeprefix("kafka://") for s in _csv(text))
-    if not servers:
-        raise ValueError("needs at least one host:port")
-    for server in servers:
-        host, sep, port = server.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{server!r} is not host:port")
-    return servers
-
-
-def _database_url(text: str) -> str:
-    try:
-        url = make_url(text)
-    except ArgumentError:
-        raise ValueError("is not a SQLAlchemy URL (postgresql+psycopg://user@host/db)") from None
-    if url.drivername != "postgresql+psycopg":
-        raise ValueError("must start with postgresql+psycopg:// (Postgres through psycopg 3)")
-    return text
-
-
-def _providers(text: str) -> tuple[str, ...]:
-    names = tuple(p.lower() for p in _csv(text))
-    unknown = [p for p in names if p not in PROVIDERS]
-    if unknown or not names:
-        raise ValueError(f"choose from {', '.join(PROVIDERS)} (comma separated, in order)")
-    return names
-
-
-def _topic(text: str) -> str:
-    if not text or len(text) > 249 or not all(c.isalnum() or c in "._-" for c in text):
-        raise ValueError("a Kafka topic name is 1-249 characters of letters, digits, '.', '_', '-'")
-    return text
-
-
-def _nonempty(text: str) -> str:
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _moderator(text: str) -> str:
-    if not MODERATOR_NAME.fullmatch(text):
-        raise ValueError(
-            "1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
-        )
-    return text
-
-
-def _secret(text: str) -> str:
-    if len(text) < 32:
-        raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
-    return text
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text.lower() not in options:
-            raise ValueError(f"choose from {', '.join(options)}")
-        return text.lower()
-
-    return parse
 
 
 @dataclass(frozen=True)
@@ -258,73 +170,195 @@ class SettingSpec:
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
-    SettingSpec("ITMGUARD_KAFKA_BOOTSTRAP", "kafka_bootstrap", _bootstrap,
-                "Kafka bootstrap servers, host:port[,host:port]"),
-    SettingSpec("ITMGUARD_DATABASE_URL", "database_url", _database_url,
-                "Postgres as a SQLAlchemy URL, postgresql+psycopg://user:pass@host:5432/db"),
-    SettingSpec("ITMGUARD_BUNDLE", "bundle", lambda t: Path(_nonempty(t)),
-                "model bundle directory (model.onnx, tokenizer.json, bundle.json)"),
-    SettingSpec("ITMGUARD_POSTS_TOPIC", "posts_topic", _topic, "topic the post events arrive on"),
-    SettingSpec("ITMGUARD_FLAGS_TOPIC", "flags_topic", _topic, "topic mismatch flags are sent to"),
-    SettingSpec("ITMGUARD_DLQ_TOPIC", "dlq_topic", _topic,
-                "dead-letter topic for posts that could not be scored"),
-    SettingSpec("ITMGUARD_GROUP_ID", "group_id", _topic,
-                "Kafka consumer group shared by all worker replicas"),
-    SettingSpec("ITMGUARD_MAX_BATCH", "max_batch", _int_in(1, 1024),
-                "most posts scored in one model call"),
-    SettingSpec("ITMGUARD_MAX_WAIT_MS", "max_wait_ms", _int_in(1, 60_000),
-                "longest wait, in ms, for a batch to fill before it is scored"),
-    SettingSpec("ITMGUARD_THRESHOLD", "threshold", _optional(_float_in(0.0, 1.0)),
-                "match probability below which a post is a mismatch; empty: the bundle's"),
-    SettingSpec("ITMGUARD_PROVIDERS", "providers", _providers,
-                "ONNX Runtime execution providers allowed, in order of preference"),
-    SettingSpec("ITMGUARD_TRT_CACHE_DIR", "trt_cache_dir", lambda t: Path(_nonempty(t)),
-                "directory for TensorRT engine and timing caches"),
-    SettingSpec("ITMGUARD_CPU_THREADS", "cpu_threads", _int_in(0, 1024),
-                "threads one model call uses on the CPU; 0: one per core of the machine, "
-                "which in a container is the node's, not its CPU limit"),
-    SettingSpec("ITMGUARD_CPU_MEMORY_ARENA", "cpu_memory_arena", _bool,
-                "keep ONNX Runtime's CPU memory arena: faster model calls, more resident memory"),
-    SettingSpec("ITMGUARD_IMAGE_MAX_BYTES", "fetch_limits.max_bytes", _int_in(1, 1 << 30),
-                "largest encoded image accepted, in bytes"),
-    SettingSpec("ITMGUARD_IMAGE_MAX_PIXELS", "fetch_limits.max_pixels", _int_in(1, 1 << 32),
-                "largest decoded image accepted, in pixels (width x height)"),
-    SettingSpec("ITMGUARD_IMAGE_ALLOW_HOSTS", "fetch_limits.allow_hosts", _csv,
-                "image hosts (names, addresses or networks) allowed even on private or "
-                "loopback addresses, comma separated"),
-    SettingSpec("ITMGUARD_IMAGE_ALLOW_HTTP", "fetch_limits.allow_http", _bool,
-                "fetch image URLs over plain http too (https only by default)"),
-    SettingSpec("ITMGUARD_IMAGE_TIMEOUT_S", "fetch_limits.timeout_s", _float_in(0.1, 300.0),
-                "total time allowed for one image fetch, in seconds"),
-    SettingSpec("ITMGUARD_IMAGE_CONNECT_TIMEOUT_S", "fetch_limits.connect_timeout_s",
-                _float_in(0.1, 60.0), "time allowed to connect to an image host, in seconds"),
-    SettingSpec("ITMGUARD_IMAGE_MAX_REDIRECTS", "fetch_limits.max_redirects", _int_in(0, 10),
-                "redirects followed per image URL"),
-    SettingSpec("ITMGUARD_IMAGE_RETRIES", "fetch_limits.retries", _int_in(0, 5),
-                "retries of an image fetch after a transient failure (timeout, 5xx, 429)"),
-    SettingSpec("ITMGUARD_SESSION_TIMEOUT_S", "session_timeout_s", _float_in(1.0, 300.0),
-                "Kafka consumer session timeout in seconds"),
-    SettingSpec("ITMGUARD_SHUTDOWN_GRACE_S", "shutdown_grace_s", _float_in(0.0, 3600.0),
-                "after SIGTERM, how long a batch that cannot be written keeps retrying before "
-                "the worker abandons it uncommitted and exits"),
-    SettingSpec("ITMGUARD_METRICS_HOST", "metrics_host", _nonempty,
-                "address the Prometheus /metrics endpoint listens on"),
-    SettingSpec("ITMGUARD_METRICS_PORT", "metrics_port", _int_in(0, 65535),
-                "port of the Prometheus /metrics endpoint; 0 turns it off"),
-    SettingSpec("ITMGUARD_HEARTBEAT_S", "heartbeat_s", _float_in(0.1, 60.0),
-                "Kafka consumer heartbeat interval in seconds"),
-    SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),
-    SettingSpec("ITMGUARD_MODERATOR", "moderator", _moderator,
-                "moderator account the `itmguard review` commands act as"),
-    SettingSpec("ITMGUARD_REVIEW_LEASE_S", "review_lease_s", _float_in(1.0, 86_400.0),
-                "how long a claimed review item stays with its moderator, in seconds"),
-    SettingSpec("ITMGUARD_REVIEW_ORDER", "review_order", _choice(REVIEW_ORDERS),
-                "which pending item is claimed next: score (lowest first) or age (oldest first)"),
-    SettingSpec("ITMGUARD_REVIEW_HOST", "review_host", _nonempty,
-                "address the review web page listens on"),
-    SettingSpec("ITMGUARD_REVIEW_PORT", "review_port", _int_in(1, 65_535),
-                "port the review web page listens on"),
-    SettingSpec("ITMGUARD_REVIEW_SECRET", "review_secret", _secret,
-                "key that signs review-page session cookies, at least 32 characters",
-                secret=True),
+    SettingSpec(
+        "ITMGUARD_KAFKA_BOOTSTRAP",
+        "kafka_bootstrap",
+        bootstrap_servers,
+        "Kafka bootstrap servers, host:port[,host:port]",
+    ),
+    SettingSpec(
+        "ITMGUARD_DATABASE_URL",
+        "database_url",
+        database_url,
+        "Postgres as a SQLAlchemy URL, postgresql+psycopg://user:pass@host:5432/db",
+    ),
+    SettingSpec(
+        "ITMGUARD_BUNDLE",
+        "bundle",
+        lambda t: Path(nonempty(t)),
+        "model bundle directory (model.onnx, tokenizer.json, bundle.json)",
+    ),
+    SettingSpec(
+        "ITMGUARD_POSTS_TOPIC", "posts_topic", topic_name, "topic the post events arrive on"
+    ),
+    SettingSpec(
+        "ITMGUARD_FLAGS_TOPIC", "flags_topic", topic_name, "topic mismatch flags are sent to"
+    ),
+    SettingSpec(
+        "ITMGUARD_DLQ_TOPIC",
+        "dlq_topic",
+        topic_name,
+        "dead-letter topic for posts that could not be scored",
+    ),
+    SettingSpec(
+        "ITMGUARD_GROUP_ID",
+        "group_id",
+        topic_name,
+        "Kafka consumer group shared by all worker replicas",
+    ),
+    SettingSpec(
+        "ITMGUARD_MAX_BATCH", "max_batch", int_in(1, 1024), "most posts scored in one model call"
+    ),
+    SettingSpec(
+        "ITMGUARD_MAX_WAIT_MS",
+        "max_wait_ms",
+        int_in(1, 60_000),
+        "longest wait, in ms, for a batch to fill before it is scored",
+    ),
+    SettingSpec(
+        "ITMGUARD_THRESHOLD",
+        "threshold",
+        optional(float_in(0.0, 1.0)),
+        "match probability below which a post is a mismatch; empty: the bundle's",
+    ),
+    SettingSpec(
+        "ITMGUARD_PROVIDERS",
+        "providers",
+        choices(PROVIDERS),
+        "ONNX Runtime execution providers allowed, in order of preference",
+    ),
+    SettingSpec(
+        "ITMGUARD_TRT_CACHE_DIR",
+        "trt_cache_dir",
+        lambda t: Path(nonempty(t)),
+        "directory for TensorRT engine and timing caches",
+    ),
+    SettingSpec(
+        "ITMGUARD_CPU_THREADS",
+        "cpu_threads",
+        int_in(0, 1024),
+        "threads one model call uses on the CPU; 0: one per core of the machine, "
+        "which in a container is the node's, not its CPU limit",
+    ),
+    SettingSpec(
+        "ITMGUARD_CPU_MEMORY_ARENA",
+        "cpu_memory_arena",
+        boolean,
+        "keep ONNX Runtime's CPU memory arena: faster model calls, more resident memory",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_MAX_BYTES",
+        "fetch_limits.max_bytes",
+        int_in(1, 1 << 30),
+        "largest encoded image accepted, in bytes",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_MAX_PIXELS",
+        "fetch_limits.max_pixels",
+        int_in(1, 1 << 32),
+        "largest decoded image accepted, in pixels (width x height)",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_ALLOW_HOSTS",
+        "fetch_limits.allow_hosts",
+        csv,
+        "image hosts (names, addresses or networks) allowed even on private or "
+        "loopback addresses, comma separated",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_ALLOW_HTTP",
+        "fetch_limits.allow_http",
+        boolean,
+        "fetch image URLs over plain http too (https only by default)",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_TIMEOUT_S",
+        "fetch_limits.timeout_s",
+        float_in(0.1, 300.0),
+        "total time allowed for one image fetch, in seconds",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_CONNECT_TIMEOUT_S",
+        "fetch_limits.connect_timeout_s",
+        float_in(0.1, 60.0),
+        "time allowed to connect to an image host, in seconds",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_MAX_REDIRECTS",
+        "fetch_limits.max_redirects",
+        int_in(0, 10),
+        "redirects followed per image URL",
+    ),
+    SettingSpec(
+        "ITMGUARD_IMAGE_RETRIES",
+        "fetch_limits.retries",
+        int_in(0, 5),
+        "retries of an image fetch after a transient failure (timeout, 5xx, 429)",
+    ),
+    SettingSpec(
+        "ITMGUARD_SESSION_TIMEOUT_S",
+        "session_timeout_s",
+        float_in(1.0, 300.0),
+        "Kafka consumer session timeout in seconds",
+    ),
+    SettingSpec(
+        "ITMGUARD_SHUTDOWN_GRACE_S",
+        "shutdown_grace_s",
+        float_in(0.0, 3600.0),
+        "after SIGTERM, how long a batch that cannot be written keeps retrying before "
+        "the worker abandons it uncommitted and exits",
+    ),
+    SettingSpec(
+        "ITMGUARD_METRICS_HOST",
+        "metrics_host",
+        nonempty,
+        "address the Prometheus /metrics endpoint listens on",
+    ),
+    SettingSpec(
+        "ITMGUARD_METRICS_PORT",
+        "metrics_port",
+        int_in(0, 65535),
+        "port of the Prometheus /metrics endpoint; 0 turns it off",
+    ),
+    SettingSpec(
+        "ITMGUARD_HEARTBEAT_S",
+        "heartbeat_s",
+        float_in(0.1, 60.0),
+        "Kafka consumer heartbeat interval in seconds",
+    ),
+    SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", choice(LOG_LEVELS), "log level"),
+    SettingSpec(
+        "ITMGUARD_MODERATOR",
+        "moderator",
+        matching(MODERATOR_NAME, MODERATOR_RULE),
+        "moderator account the `itmguard review` commands act as",
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_LEASE_S",
+        "review_lease_s",
+        float_in(1.0, 86_400.0),
+        "how long a claimed review item stays with its moderator, in seconds",
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_ORDER",
+        "review_order",
+        choice(REVIEW_ORDERS),
+        "which pending item is claimed next: score (lowest first) or age (oldest first)",
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_HOST", "review_host", nonempty, "address the review web page listens on"
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_PORT",
+        "review_port",
+        int_in(1, 65_535),
+        "port the review web page listens on",
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_SECRET",
+        "review_secret",
+        secret,
+        "key that signs review-page session cookies, at least 32 characters",
+        secret=True,
+    ),
 )

@@ -103,7 +103,8 @@ class ExportError(ItmguardError):
 
 
 class CalibrationError(ItmguardError):
-    """The labelled set cannot calibrate the bundle: too few of a class, or an unreachable target."""
+    """The labelled set cannot calibrate the bundle: too few of a class, or a target out of
+    reach."""
 
 
 class BundleError(ItmguardError):
@@ -262,7 +263,8 @@ class LeaseExpired(ItemNotClaimed):
     def __init__(self, item_id: int, moderator: str, *, expired_at: datetime) -> None:
         self.expired_at = expired_at
         super().__init__(
-            item_id, moderator,
+            item_id,
+            moderator,
             f"{moderator}'s lease on review item {item_id} expired at "
             f"{expired_at.isoformat(timespec='seconds')}: claim it again",
         )

@@ -1,54 +1,25 @@
-"""Messages on the topics: parse post events, build verdict and dead-letter messages.
+"""Post events in: parse and validate the messages the worker consumes.
 
-The JSON Schema files in `schemas/` are the contract; this module only loads
-them and maps their failures onto `InputError` codes.
+The post-event schema (`schemas/post-event.v1.json`) is the contract; this
+module maps its failures onto `InputError` codes, which become the error
+verdict and the dead letter's reason.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
-from importlib.resources import files
 from typing import Any
 
 import jsonschema
 
 from worker.errors import ImageDecodeFailed, InvalidEvent, InvalidJson
+from worker.messages import validator
 
-__all__ = [
-    "DLQ_MAX_PAYLOAD",
-    "ImageSource",
-    "PostEvent",
-    "dead_letter_message",
-    "load_schema",
-    "parse_post_event",
-    "peek_post_id",
-    "validator",
-]
-
-DLQ_MAX_PAYLOAD = 512 * 1024
-"""Original payload bytes kept in a dead letter; larger ones are cut (Kafka's default
-message limit is 1 MB and base64 adds a third)."""
-
-
-@cache
-def load_schema(name: str) -> dict[str, Any]:
-    """The schema `name` (`post-event.v1`, `verdict.v1`, `dead-letter.v1`) as a dict."""
-    text = files("schemas").joinpath(f"{name}.json").read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-@cache
-def validator(name: str) -> jsonschema.protocols.Validator:
-    """A draft 2020-12 validator for schema `name`, formats checked."""
-    cls = jsonschema.Draft202012Validator
-    return cls(load_schema(name), format_checker=cls.FORMAT_CHECKER)
+__all__ = ["ImageSource", "PostEvent", "parse_post_event", "peek_post_id"]
 
 
 @dataclass(frozen=True)
@@ -113,8 +84,12 @@ def parse_post_event(payload: bytes) -> PostEvent:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidEvent(f"{where}: fails '{error.validator}' of the post-event schema")
     image = doc["image"]
-    for where, text in (("post_id", doc["post_id"]), ("caption", doc["caption"]),
-                        ("author_id", doc.get("author_id", "")), ("image/url", image.get("url", ""))):
+    for where, text in (
+        ("post_id", doc["post_id"]),
+        ("caption", doc["caption"]),
+        ("author_id", doc.get("author_id", "")),
+        ("image/url", image.get("url", "")),
+    ):
         if not _storable(text):
             raise InvalidEvent(f"{where}: holds a NUL character or an unpaired surrogate")
     if "data" in image:
@@ -131,32 +106,3 @@ def parse_post_event(payload: bytes) -> PostEvent:
         image=source,
         created_at=datetime.fromisoformat(created) if created else None,
     )
-
-
-def dead_letter_message(
-    *,
-    payload: bytes,
-    post_id: str | None,
-    reason: str,
-    detail: str,
-    model_id: str,
-    topic: str,
-    partition: int | None,
-    offset: int | None,
-    failed_at: datetime,
-) -> dict[str, Any]:
-    """The dead-letter message for one failed post, its payload cut to `DLQ_MAX_PAYLOAD`."""
-    kept = payload[:DLQ_MAX_PAYLOAD]
-    return {
-        "schema_version": 1,
-        "post_id": post_id,
-        "reason": reason,
-        "detail": detail[:1000],
-        "model_id": model_id,
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-        "failed_at": failed_at.isoformat(),
-        "payload_b64": base64.b64encode(kept).decode("ascii"),
-        "payload_size": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "payload_truncated": len(kept) < len(payload),
-    }

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import structlog
@@ -39,7 +38,6 @@ __all__ = [
     "GuardedResolver",
     "ImageFetcher",
     "address_problem",
-    "fetch_urls",
     "host_allowed",
 ]
 
@@ -128,9 +126,7 @@ class _Body:
 class ImageFetcher:
     """Fetches image URLs concurrently under `FetchLimits`; one instance per event loop."""
 
-    def __init__(
-        self, limits: FetchLimits, *, resolver: AbstractResolver | None = None
-    ) -> None:
+    def __init__(self, limits: FetchLimits, *, resolver: AbstractResolver | None = None) -> None:
         self.limits = limits
         self._resolver = GuardedResolver(limits.allow_hosts, resolver)
         self._session: aiohttp.ClientSession | None = None
@@ -224,7 +220,9 @@ class ImageFetcher:
                 _check_type(response.headers.get("Content-Type", ""))
                 return _Body(await self._read(response))
         except TimeoutError:
-            raise _Transient(ImageFetchTimeout(f"no complete answer within {self.limits.timeout_s}s")) from None
+            raise _Transient(
+                ImageFetchTimeout(f"no complete answer within {self.limits.timeout_s}s")
+            ) from None
         except ImageUrlForbidden:
             raise
         except aiohttp.ClientConnectorError as exc:
@@ -232,7 +230,9 @@ class ImageFetcher:
                 raise exc.os_error from None
             raise _Transient(ImageFetchFailed(f"cannot connect ({type(exc).__name__})")) from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise _Transient(ImageFetchFailed(f"connection dropped ({type(exc).__name__})")) from None
+            raise _Transient(
+                ImageFetchFailed(f"connection dropped ({type(exc).__name__})")
+            ) from None
         except aiohttp.ClientError as exc:
             raise ImageFetchFailed(f"request failed ({type(exc).__name__})") from None
 
@@ -267,13 +267,3 @@ def _check_type(content_type: str) -> None:
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind not in CONTENT_TYPES:
         raise ImageTypeRefused(f"content type {kind or '(none)'!r} is not an image type we decode")
-
-
-def fetch_urls(limits: FetchLimits, urls: Sequence[str], **kwargs: Any) -> Mapping[str, bytes | InputError]:
-    """`ImageFetcher.fetch_all` for callers without an event loop (the score command)."""
-
-    async def run() -> dict[str, bytes | InputError]:
-        async with ImageFetcher(limits, **kwargs) as fetcher:
-            return await fetcher.fetch_all(urls)
-
-    return asyncio.run(run()) if urls else {}

@@ -1,4 +1,4 @@
-"""Turn untrusted image bytes into an RGB picture, within limits.
+"""Untrusted image bytes in, an RGB picture out, within limits; and the one thumbnail rule.
 
 The pixel limit is checked on the header, before any pixel is decoded, so a
 decompression bomb costs a few bytes of parsing, not gigabytes of memory.
@@ -15,10 +15,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from worker.config import FetchLimits
 from worker.errors import ImageDecodeFailed, ImageTooLarge, ImageTooManyPixels
 
-__all__ = ["decode_image"]
+__all__ = ["THUMBNAIL_SIZE", "decode_image", "thumbnail_jpeg"]
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 _BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
+
+THUMBNAIL_SIZE = 256
+"""Longer side, in pixels, of the thumbnails kept for moderators and shown in reports."""
 
 
 def decode_image(data: bytes, limits: FetchLimits) -> Image.Image:
@@ -40,12 +43,12 @@ def decode_image(data: bytes, limits: FetchLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            pixels = image.width * image.height
+            opened = Image.open(io.BytesIO(data))
+            pixels = opened.width * opened.height
             if pixels > limits.max_pixels:
                 raise ImageTooManyPixels(limit=limits.max_pixels, actual=pixels)
-            image.load()
-            image = ImageOps.exif_transpose(image)
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
     except ImageTooManyPixels:
         raise
     except Image.DecompressionBombError as exc:
@@ -58,3 +61,13 @@ def decode_image(data: bytes, limits: FetchLimits) -> Image.Image:
     except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeFailed(f"image is corrupt or truncated ({type(exc).__name__})") from None
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A JPEG no larger than `size` on its longer side: small enough to keep with a review
+    item or inline in a report, large enough for a moderator to judge."""
+    small = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    small.thumbnail((size, size))
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=80)
+    return out.getvalue()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from worker.batch import Outcome
+from worker.verdicts import Verdict
 
 __all__ = ["Metrics"]
 
@@ -21,34 +21,61 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.verdicts = Counter("itmguard_verdicts", "Verdicts written, by outcome.",
-                                ["model_id", "verdict"], registry=r)
-        self.dead_letters = Counter("itmguard_dead_letters", "Posts dead-lettered, by reason code.",
-                                    ["reason"], registry=r)
+        self.verdicts = Counter(
+            "itmguard_verdicts",
+            "Verdicts written, by outcome.",
+            ["model_id", "verdict"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "itmguard_dead_letters", "Posts dead-lettered, by reason code.", ["reason"], registry=r
+        )
         self.batch_seconds = Histogram(
-            "itmguard_batch_seconds", "Wall time of one batch, from receipt to durable.",
-            registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            "itmguard_batch_seconds",
+            "Wall time of one batch, from receipt to durable.",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.score_seconds = Histogram(
-            "itmguard_score_seconds", "Decode and inference time of one batch.",
-            registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "itmguard_score_seconds",
+            "Decode and inference time of one batch.",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.batch_size = Histogram("itmguard_batch_size", "Posts per batch.", registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.retries = Counter("itmguard_retries", "Retries of an infrastructure step.",
-                               ["step"], registry=r)
-        self.model_info = Gauge("itmguard_model_info", "The loaded model; always 1.",
-                                ["model_id", "provider"], registry=r)
+        self.batch_size = Histogram(
+            "itmguard_batch_size",
+            "Posts per batch.",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.retries = Counter(
+            "itmguard_retries", "Retries of an infrastructure step.", ["step"], registry=r
+        )
+        self.model_info = Gauge(
+            "itmguard_model_info",
+            "The loaded model; always 1.",
+            ["model_id", "provider"],
+            registry=r,
+        )
 
-    def record_batch(self, outcomes: Sequence[Outcome], *, score_s: float, total_s: float) -> None:
-        self.batch_size.observe(len(outcomes))
+    def record_batch(
+        self,
+        *,
+        size: int,
+        verdicts: Sequence[Verdict],
+        dead_letter_reasons: Sequence[str],
+        score_s: float,
+        total_s: float,
+    ) -> None:
+        """Count one durable batch: `verdicts` one per post (the last outcome of each),
+        `dead_letter_reasons` one per record that could not be scored."""
+        self.batch_size.observe(size)
         self.score_seconds.observe(score_s)
         self.batch_seconds.observe(total_s)
-        for outcome in outcomes:
-            if outcome.verdict is not None:
-                self.verdicts.labels(outcome.verdict.model_id, outcome.verdict.verdict).inc()
-            if outcome.dead_letter is not None:
-                self.dead_letters.labels(outcome.dead_letter["reason"]).inc()
+        for verdict in verdicts:
+            self.verdicts.labels(verdict.model_id, verdict.verdict).inc()
+        for reason in dead_letter_reasons:
+            self.dead_letters.labels(reason).inc()
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics over HTTP from a daemon thread."""

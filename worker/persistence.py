@@ -1,9 +1,12 @@
-"""Verdicts and the review queue in Postgres: the only module that speaks SQL.
+"""The worker's side of Postgres: engines, the schema check, and writing a batch's verdicts.
 
-Writes are idempotent: a verdict is unique on (post_id, model_id) and written
-with an upsert, so a batch redelivered after a crash leaves the same rows.
-SQLAlchemy's connection errors become `DatabaseUnavailable` here; callers
-retry on it and never see a driver exception.
+It writes verdict rows and inserts new review items beside them, in one
+transaction; everything else done to review items (claims, decisions, the
+audit, accounts) is `worker.review`'s. Writes are idempotent: a verdict is
+unique on (post_id, model_id) and written with an upsert, so a batch
+redelivered after a crash leaves the same rows. SQLAlchemy's connection errors
+become `DatabaseUnavailable` here (`translated`, which `worker.review` uses
+too); callers retry on it and never see a driver exception.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects.postgresql import insert
 
-from worker.batch import Outcome, ReviewContent
 from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
-from worker.verdicts import Verdict
+from worker.verdicts import Outcome, ReviewContent, Verdict
 
 __all__ = [
     "alembic_config",
@@ -93,13 +95,18 @@ def translated() -> Iterator[None]:
 def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
     """Upsert the verdicts of `outcomes` and queue mismatches for review, in one transaction.
 
+    `outcomes` holds at most one outcome per (post_id, model_id), as
+    `last_outcomes` chooses them; outcomes without a post_id write nothing.
     Returns the number of verdict rows written.
 
     Raises:
+        ValueError: two outcomes for one post: the caller must choose first.
         DatabaseUnavailable: the transaction did not commit; nothing of it was written.
     """
-    latest = _latest_per_post(outcomes)
-    rows = [_verdict_row(v, o) for v, o in latest]
+    decided = [(o.verdict, o) for o in outcomes if o.verdict is not None and o.verdict.post_id]
+    if len({(v.post_id, v.model_id) for v, _ in decided}) < len(decided):
+        raise ValueError("one outcome per post and model: choose them with last_outcomes")
+    rows = [_verdict_row(v, o) for v, o in decided]
     if not rows:
         return 0
     statement = insert(verdicts)
@@ -107,7 +114,7 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
         constraint="uq_verdicts_post_model",
         set_={c: statement.excluded[c] for c in rows[0] if c not in ("post_id", "model_id")},
     )
-    queue = [_review_row(v, o.review) for v, o in latest if o.review is not None]
+    queue = [_review_row(v, o.review) for v, o in decided if o.review is not None]
     with translated(), engine.begin() as conn:
         conn.execute(upsert, rows)
         if queue:
@@ -118,21 +125,6 @@ def write_outcomes(engine: sa.Engine, outcomes: Sequence[Outcome]) -> int:
                 queue,
             )
     return len(rows)
-
-
-def _latest_per_post(outcomes: Sequence[Outcome]) -> list[tuple[Verdict, Outcome]]:
-    """The outcomes that carry a verdict for a post, one per (post_id, model_id), the last
-    in the batch winning.
-
-    Postgres refuses an upsert that touches one row twice in a statement, and a
-    producer's retry can put the same post in one batch twice.
-    """
-    latest: dict[tuple[str, str], tuple[Verdict, Outcome]] = {}
-    for outcome in outcomes:
-        v = outcome.verdict
-        if v is not None and v.post_id is not None:
-            latest[(v.post_id, v.model_id)] = (v, outcome)
-    return list(latest.values())
 
 
 def _scored(v: Verdict) -> dict[str, Any]:

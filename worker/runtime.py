@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 import structlog
 
-from worker.bundle import load_bundle
+from worker.bundle import BundleSpec, load_bundle
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.logs import logging_dict
@@ -13,7 +13,7 @@ from worker.metrics import Metrics
 from worker.persistence import check_schema_current, create_engine
 from worker.scoring import ORT_PROVIDERS, OnnxScorer
 
-__all__ = ["build_app", "open_scorer", "run_worker"]
+__all__ = ["build_app", "check_max_batch", "open_scorer", "run_worker"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,15 +36,25 @@ def open_scorer(settings: Settings) -> OnnxScorer:
         cpu_threads=settings.cpu_threads,
         cpu_memory_arena=settings.cpu_memory_arena,
     )
-    profile = bundle.spec.raw.get("tensorrt", {}).get("profile")
-    if scorer.provider == ORT_PROVIDERS["tensorrt"] and profile and settings.max_batch > profile["batch"][2]:
+    check_max_batch(bundle.spec, scorer.provider, settings.max_batch)
+    return scorer
+
+
+def check_max_batch(spec: BundleSpec, provider: str, max_batch: int) -> None:
+    """Refuse a batch larger than the TensorRT engine was built for, before the first batch
+    fails on it.
+
+    Raises:
+        ConfigError: `provider` is TensorRT and `max_batch` exceeds the bundle's profile.
+    """
+    profile = spec.raw.get("tensorrt", {}).get("profile")
+    if provider == ORT_PROVIDERS["tensorrt"] and profile and max_batch > profile["batch"][2]:
         raise ConfigError(
             "ITMGUARD_MAX_BATCH",
-            settings.max_batch,
+            max_batch,
             f"exceeds the bundle's TensorRT profile ({profile['batch'][2]}); lower it or "
             "re-export with a larger --max-batch",
         )
-    return scorer
 
 
 def build_app(settings: Settings) -> faust.App:

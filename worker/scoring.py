@@ -15,6 +15,7 @@ import structlog
 from PIL import Image
 
 from worker.bundle import Bundle
+from worker.config import DEFAULT_TRT_CACHE_DIR
 from worker.errors import BundleFieldError, ConfigError
 from worker.preprocess import preprocess_images
 
@@ -112,7 +113,7 @@ class OnnxScorer:
         *,
         providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
         threshold: float | None = None,
-        trt_cache_dir: Path = Path.home() / ".cache" / "itmguard" / "tensorrt",
+        trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR,
         cpu_threads: int = 0,
         cpu_memory_arena: bool = True,
     ) -> None:
@@ -145,9 +146,14 @@ class OnnxScorer:
         self.provider = self._session.get_providers()[0]
         self._check_signature()
         self._text = bundle.text_encoder()
-        log.info("model_loaded", model_id=self.model_id, provider=self.provider,
-                 threshold=self.threshold, cpu_threads=cpu_threads,
-                 cpu_memory_arena=cpu_memory_arena)
+        log.info(
+            "model_loaded",
+            model_id=self.model_id,
+            provider=self.provider,
+            threshold=self.threshold,
+            cpu_threads=cpu_threads,
+            cpu_memory_arena=cpu_memory_arena,
+        )
 
     def _check_signature(self) -> None:
         spec = self.bundle.spec

