@@ -18,6 +18,22 @@ from worker.options import SCORE_ENVS, load_settings, settings_options
 __all__ = ["calibrate", "export"]
 
 
+_OUT = click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="bundle directory to write"
+)
+_VERSION = click.option(
+    "--version", "version", default="1", show_default=True, help="bundle version"
+)
+_TOLERANCE = click.option(
+    "--tolerance",
+    default=1e-4,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="largest PyTorch-vs-ONNX difference in match probability accepted",
+)
+"""Options both exports take, worded once."""
+
+
 @click.group()
 def export() -> None:
     """Turn a PyTorch checkpoint into a model bundle (needs itmguard[export])."""
@@ -30,11 +46,9 @@ def export() -> None:
     help="BlipForImageTextRetrieval checkpoint: a local directory, or a Hugging Face "
     "hub id where the hub can be reached",
 )
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="bundle directory to write"
-)
+@_OUT
 @click.option("--name", default=None, help="bundle name (default: the checkpoint's name)")
-@click.option("--version", "version", default="1", show_default=True, help="bundle version")
+@_VERSION
 @click.option(
     "--threshold",
     default=0.5,
@@ -48,13 +62,7 @@ def export() -> None:
     type=click.IntRange(2, 4096),
     help="caption token limit (default: the checkpoint's)",
 )
-@click.option(
-    "--tolerance",
-    default=1e-4,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="largest PyTorch-vs-ONNX difference in match probability accepted",
-)
+@_TOLERANCE
 @click.option(
     "--optimize/--no-optimize",
     default=True,
@@ -107,18 +115,10 @@ def export_blip(
 
 
 @export.command("starter")
-@click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="bundle directory to write"
-)
+@_OUT
 @click.option("--name", default="starter", show_default=True, help="bundle name")
-@click.option("--version", "version", default="1", show_default=True, help="bundle version")
-@click.option(
-    "--tolerance",
-    default=1e-4,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="largest PyTorch-vs-ONNX difference in match probability accepted",
-)
+@_VERSION
+@_TOLERANCE
 def export_starter(out: Path, name: str, version: str, tolerance: float) -> None:
     """Build the zero-shot starter bundle from weights in installed packages (itmguard[starter])."""
     try:
