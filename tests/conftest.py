@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import fresh_database
-from worker.demo.embedded import stop_process, tansu_broker
+from worker.demo.embedded import EmbeddedPostgres, stop_process, tansu_broker
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,26 @@ def database_url() -> Iterator[str]:
     with fresh_database() as url:
         command.upgrade(alembic_config(url), "head")
         yield url
+
+
+@pytest.fixture
+def private_database(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A migrated Postgres of this test's own (database `itmguard`), which it may stop and
+    start."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from worker.persistence import alembic_config
+
+    server = EmbeddedPostgres(tmp_path / "pgdata")
+    server.start()
+    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE itmguard"))
+    admin.dispose()
+    command.upgrade(alembic_config(server.url("itmguard")), "head")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 
 from worker.config import SETTINGS, FetchLimits, Settings
 from worker.errors import ConfigError
+from worker.kafka_security import KafkaSecurity
 
 
 def test_defaults_without_environment() -> None:
@@ -19,6 +20,11 @@ def test_defaults_without_environment() -> None:
     assert settings.providers == ("tensorrt", "cuda", "cpu")
     assert settings.threshold is None
     assert (settings.cpu_threads, settings.cpu_memory_arena) == (0, True)
+    assert settings.group_instance_id is None
+    assert (settings.kafka_security.protocol, settings.kafka_security.sasl_mechanism) == (
+        "PLAINTEXT",
+        "PLAIN",
+    )
 
 
 def test_environment_values_are_parsed() -> None:
@@ -34,6 +40,11 @@ def test_environment_values_are_parsed() -> None:
             "ITMGUARD_IMAGE_ALLOW_HOSTS": "img.local, cdn.local",
             "ITMGUARD_CPU_THREADS": "2",
             "ITMGUARD_CPU_MEMORY_ARENA": "off",
+            "ITMGUARD_GROUP_INSTANCE_ID": "itmguard-0",
+            "ITMGUARD_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "ITMGUARD_KAFKA_SASL_MECHANISM": "Scram-Sha-256",
+            "ITMGUARD_KAFKA_SSL_CAFILE": "/etc/kafka/ca.pem",
+            "ITMGUARD_KAFKA_SSL_CERTFILE": "",
         }
     )
     assert settings.kafka_bootstrap == ("a:9092", "b:9093")
@@ -45,6 +56,30 @@ def test_environment_values_are_parsed() -> None:
         max_pixels=1000, allow_hosts=("img.local", "cdn.local")
     )
     assert (settings.cpu_threads, settings.cpu_memory_arena) == (2, False)
+    assert settings.group_instance_id == "itmguard-0"
+    assert settings.kafka_security == KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-256", ssl_cafile=Path("/etc/kafka/ca.pem")
+    )
+
+
+def test_empty_values_leave_optional_settings_unset() -> None:
+    """An empty variable (a chart that always sets it) means unset: dynamic membership, no
+    credentials, no files."""
+    settings = Settings.from_env(
+        {
+            f"ITMGUARD_{name}": ""
+            for name in (
+                "GROUP_INSTANCE_ID",
+                "KAFKA_SASL_USERNAME",
+                "KAFKA_SASL_PASSWORD",
+                "KAFKA_SSL_CAFILE",
+                "KAFKA_SSL_CERTFILE",
+                "KAFKA_SSL_KEYFILE",
+            )
+        }
+    )
+    assert settings.group_instance_id is None
+    assert settings.kafka_security == KafkaSecurity()
 
 
 def test_flags_win_over_environment() -> None:
@@ -73,6 +108,10 @@ def test_flags_win_over_environment() -> None:
         ("ITMGUARD_CPU_THREADS", "-1", "between 0 and 1024"),
         ("ITMGUARD_CPU_THREADS", "all", "whole number"),
         ("ITMGUARD_CPU_MEMORY_ARENA", "small", "true or false"),
+        ("ITMGUARD_GROUP_INSTANCE_ID", "pod 0", "letters, digits"),
+        ("ITMGUARD_GROUP_INSTANCE_ID", "x" * 250, "1-249"),
+        ("ITMGUARD_KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+        ("ITMGUARD_KAFKA_SASL_MECHANISM", "GSSAPI", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
     ],
 )
 def test_bad_values_name_the_setting(env: str, value: str, says: str) -> None:

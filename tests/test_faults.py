@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from tests.proxy import CuttableProxy
 from tests.support import (
@@ -27,7 +26,6 @@ from tests.support import (
 )
 from worker.agents import EXIT_ABANDONED
 from worker.demo.embedded import EmbeddedPostgres, free_port, produce, tansu_broker
-from worker.persistence import alembic_config
 from worker.testing import poison_corpus, pooled_events
 
 pytestmark = pytest.mark.integration
@@ -55,20 +53,6 @@ def _wait_for_growth(url: str, since: int, timeout: float) -> float:
             pass
         time.sleep(0.25)
     raise AssertionError(f"no new verdicts within {timeout}s")
-
-
-@pytest.fixture
-def private_database(tmp_path: Path) -> EmbeddedPostgres:
-    """A Postgres of this test's own, which it may stop and start."""
-    server = EmbeddedPostgres(tmp_path / "pgdata")
-    server.start()
-    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("CREATE DATABASE itmguard"))
-    admin.dispose()
-    command.upgrade(alembic_config(server.url("itmguard")), "head")
-    yield server
-    server.stop()
 
 
 def test_sigkilled_workers_lose_nothing(

@@ -15,6 +15,7 @@ from worker.errors import BatchAbandoned, DatabaseUnavailable
 from worker.handler import BatchHandler
 from worker.messages import validator
 from worker.metrics import Metrics
+from worker.progress import BatchProgress, Step
 from worker.testing import FakeScorer, post_event, shape_image
 from worker.verdicts import Outcome, Record
 
@@ -125,3 +126,36 @@ def test_a_store_down_past_the_shutdown_grace_abandons_the_batch() -> None:
     with pytest.raises(BatchAbandoned, match="write_verdicts"):
         asyncio.run(handler.handle(_records()))
     assert flags.sent == [] and dlq.sent == []
+
+
+def test_each_step_of_a_batch_is_marked_for_the_health_probes() -> None:
+    """The store sees the batch at write_verdicts, its second attempt counting one failure;
+    the broker sees it at publish; a durable batch leaves no step behind."""
+    clock = iter(range(100))
+    progress = BatchProgress(clock=lambda: float(next(clock)))
+    store, flags, seen = FakeStore(failures=1), FakeTopic(), []
+
+    def watched_store(outcomes: Sequence[Outcome]) -> int:
+        seen.append(progress.step)
+        return store(outcomes)
+
+    class WatchedTopic(FakeTopic):
+        async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]:
+            seen.append(progress.step)
+            return await super().send(key=key, value=value)
+
+    handler = BatchHandler(
+        Settings(shutdown_grace_s=60),
+        FakeScorer(lambda _, caption: 0.1),
+        watched_store,
+        flags,
+        WatchedTopic(),
+        progress=progress,
+    )
+    asyncio.run(handler.handle(_records()))
+    assert seen == [
+        Step("write_verdicts", since=1.0),
+        Step("write_verdicts", since=1.0, failures=1),
+        Step("publish", since=2.0),
+    ]
+    assert progress.step is None

@@ -6,6 +6,7 @@ import urllib.request
 from datetime import UTC, datetime
 
 from worker.demo.embedded import free_port
+from worker.health import Health, serve
 from worker.metrics import Metrics
 from worker.verdicts import Verdict
 
@@ -38,10 +39,17 @@ def test_batches_count_verdicts_dead_letters_and_timings() -> None:
 
 
 def test_metrics_are_served_over_http() -> None:
-    """serve() exposes the registry in the Prometheus text format."""
+    """The metrics port exposes the registry in the Prometheus text format."""
     metrics = Metrics()
     metrics.model_info.labels("m@1", "CPUExecutionProvider").set(1)
+    metrics.warmup_seconds.set(0.25)
     port = free_port()
-    metrics.serve("127.0.0.1", port)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    server = serve("127.0.0.1", port, Health(), metrics.registry)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
     assert 'itmguard_model_info{model_id="m@1",provider="CPUExecutionProvider"} 1.0' in body
+    assert "itmguard_warmup_seconds 0.25" in body

@@ -7,10 +7,14 @@ running), writes verdicts to Postgres, sends flags and dead letters and waits
 for the broker to accept them; only then are the events acknowledged. Faust
 commits acknowledged offsets only, so a worker killed at any step redelivers
 the batch, and the idempotent writes absorb the repeat.
+
+The adapter also tells `worker.health` what only Faust knows: that the event
+loop runs, and when the consumer's partitions are assigned or revoked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -22,16 +26,19 @@ from typing import Any, NoReturn
 import faust
 import sqlalchemy as sa
 import structlog
+from faust.types.auth import CredentialsT
 
 from worker.config import Settings
 from worker.errors import BatchAbandoned
 from worker.handler import BatchHandler
+from worker.health import Health
+from worker.kafka_security import KafkaSecurity, ssl_context
 from worker.metrics import Metrics
 from worker.persistence import write_outcomes
 from worker.scoring import Scorer
 from worker.verdicts import Record
 
-__all__ = ["EXIT_ABANDONED", "create_app"]
+__all__ = ["EXIT_ABANDONED", "broker_credentials", "create_app"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,13 +54,42 @@ def _abandon(size: int, exc: BatchAbandoned) -> NoReturn:
     os._exit(EXIT_ABANDONED)
 
 
+def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """Faust's credentials for `security`: SASL (over TLS for SASL_SSL), TLS alone, or None
+    for PLAINTEXT.
+
+    Raises:
+        ConfigError: the settings contradict each other, or a TLS file cannot be used.
+    """
+    context = ssl_context(security)
+    if security.sasl:
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            mechanism=security.sasl_mechanism,
+            ssl_context=context,
+        )
+    return None if context is None else faust.SSLCredentials(context)
+
+
 def create_app(
-    settings: Settings, scorer: Scorer, engine: sa.Engine, metrics: Metrics | None = None
+    settings: Settings,
+    scorer: Scorer,
+    engine: sa.Engine,
+    metrics: Metrics | None = None,
+    health: Health | None = None,
 ) -> faust.App:
-    """The Faust app with its one agent, configured from `settings`."""
+    """The Faust app with its one agent, configured from `settings`; it keeps `health` told.
+
+    Raises:
+        ConfigError: the Kafka security settings cannot be used.
+    """
+    health = health or Health()
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap],
+        broker_credentials=broker_credentials(settings.kafka_security),
+        consumer_group_instance_id=settings.group_instance_id,
         value_serializer="raw",
         key_serializer="raw",
         broker_session_timeout=settings.session_timeout_s,
@@ -74,6 +110,7 @@ def create_app(
         dead_letters=app.topic(settings.dlq_topic),
         stopping=lambda: bool(app.should_stop),
         metrics=metrics,
+        progress=health.progress,
     )
     handler.metrics.model_info.labels(scorer.model_id, scorer.provider).set(1)
     within = settings.max_wait_ms / 1000
@@ -83,8 +120,18 @@ def create_app(
     async def close_fetcher(_app: faust.App, **_: Any) -> None:
         await handler.close()
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(_app: faust.App, _revoked: set[Any], **_: Any) -> None:
+        health.partitions_revoked()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(_app: faust.App, partitions: set[Any], **_: Any) -> None:
+        health.partitions_assigned(len(partitions))
+
     @app.agent(posts, name="score_posts")
     async def score_posts(stream: faust.StreamT[bytes]) -> None:
+        # the agent starts with the app, before the group join: the loop /livez asks
+        health.loop_started(asyncio.get_running_loop())
         # faust's StreamT declares `take` but not `take_events`, which Stream has
         batches = stream.take_events(settings.max_batch, within=within)  # type: ignore[attr-defined]
         async for events in batches:

@@ -50,6 +50,12 @@ class BundleSpec:
         """`name@version`: what verdicts record, so two model versions can coexist."""
         return f"{self.name}@{self.version}"
 
+    @property
+    def tensorrt_profile(self) -> dict[str, list[int]] | None:
+        """The TensorRT shape profile, `batch` and `sequence` as [min, opt, max], if any."""
+        profile: dict[str, list[int]] | None = self.raw.get("tensorrt", {}).get("profile")
+        return profile
+
     @classmethod
     def from_manifest(cls, manifest: Any, path: str) -> BundleSpec:
         """Check `manifest` against the bundle schema and type it.

@@ -10,7 +10,8 @@ Pillow, jsonschema) are translated at the edge that meets them.
     ├── BundleError                 the model bundle cannot be used
     │   ├── BundleFieldError        bundle.json lacks a field or has a bad value
     │   ├── BundleFileMissing       model.onnx, tokenizer.json or bundle.json absent
-    │   └── BundleHashMismatch      model.onnx is not the file bundle.json describes
+    │   ├── BundleHashMismatch      model.onnx is not the file bundle.json describes
+    │   └── WarmupFailed            the model failed the start-up batch at its production shape
     ├── InputError                  one post cannot be scored; it gets an `error` verdict
     │   ├── InvalidJson             the payload is not UTF-8 JSON
     │   ├── InvalidEvent            the JSON breaks the post-event schema
@@ -77,6 +78,7 @@ __all__ = [
     "ModeratorExists",
     "ReviewError",
     "UnknownModerator",
+    "WarmupFailed",
 ]
 
 
@@ -133,6 +135,18 @@ class BundleHashMismatch(BundleError):
             path,
             f"model.onnx sha256 is {actual} but bundle.json expects {expected}; "
             "the file was changed or replaced after export",
+        )
+
+
+class WarmupFailed(BundleError):
+    """The model raised, or gave no probability, on the warm-up batch run before the worker
+    joins its consumer group."""
+
+    def __init__(self, path: str, *, batch: int, sequence: int, reason: str) -> None:
+        self.batch = batch
+        self.sequence = sequence
+        super().__init__(
+            path, f"the warm-up batch ({batch} pairs of {sequence} tokens) failed: {reason}"
         )
 
 

@@ -26,6 +26,7 @@ from worker.fetch import ImageFetcher
 from worker.judge import judge
 from worker.messages import encode, verdict_message
 from worker.metrics import Metrics
+from worker.progress import BatchProgress
 from worker.retry import retry_forever
 from worker.scoring import Scorer
 from worker.verdicts import Outcome, Record, last_outcomes
@@ -53,7 +54,8 @@ class BatchHandler:
     A post that appears more than once in a batch is decided by its last
     record (`last_outcomes`): that one outcome gives its verdict row, its
     review item, its flag and its count. Every record that could not be
-    scored still gets its dead letter.
+    scored still gets its dead letter. Each step is marked in `progress`, so
+    the health probes tell a stuck batch from one waiting out an outage.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class BatchHandler:
         dead_letters: Topic,
         stopping: Callable[[], bool] = lambda: False,
         metrics: Metrics | None = None,
+        progress: BatchProgress | None = None,
     ) -> None:
         self._settings = settings
         self._scorer = scorer
@@ -77,6 +80,7 @@ class BatchHandler:
         self._stopping = stopping
         self._stop_seen: float | None = None
         self.metrics = metrics or Metrics()
+        self.progress = progress or BatchProgress()
 
     def _give_up(self) -> bool:
         """True once the worker has been stopping for longer than the shutdown grace."""
@@ -96,11 +100,15 @@ class BatchHandler:
         """
         self._batches += 1
         with structlog.contextvars.bound_contextvars(batch=self._batches):
-            return await self._handle(records)
+            try:
+                return await self._handle(records)
+            finally:
+                self.progress.leave()
 
     async def _handle(self, records: Sequence[Record]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.progress.enter("score")
         outcomes = await judge(
             records,
             self._scorer,
@@ -115,9 +123,11 @@ class BatchHandler:
         async def write() -> int:
             return await loop.run_in_executor(self._executor, self._store, final)
 
+        self.progress.enter("write_verdicts")
         await retry_forever(
             write, what="write_verdicts", give_up=self._give_up, on_retry=self._count_retry
         )
+        self.progress.enter("publish")
         await retry_forever(
             lambda: self._publish(outcomes, final),
             what="publish",
@@ -149,6 +159,7 @@ class BatchHandler:
 
     def _count_retry(self, step: str) -> None:
         self.metrics.retries.labels(step).inc()
+        self.progress.failed(step)
 
     async def _publish(self, outcomes: Sequence[Outcome], final: Sequence[Outcome]) -> None:
         """Send the flags of `final` and every record's dead letter; wait until the broker

@@ -2,13 +2,14 @@
 
 Consumer lag is left to the broker's exporters (it is a property of the
 group, not of one replica); these say what each replica does with its share.
+`worker.health` serves them, beside the liveness and readiness probes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker.verdicts import Verdict
 
@@ -57,6 +58,11 @@ class Metrics:
             ["model_id", "provider"],
             registry=r,
         )
+        self.warmup_seconds = Gauge(
+            "itmguard_warmup_seconds",
+            "Time the start-up warm-up batch took, at the shape real batches will have.",
+            registry=r,
+        )
 
     def record_batch(
         self,
@@ -76,7 +82,3 @@ class Metrics:
             self.verdicts.labels(verdict.model_id, verdict.verdict).inc()
         for reason in dead_letter_reasons:
             self.dead_letters.labels(reason).inc()
-
-    def serve(self, host: str, port: int) -> None:
-        """Expose /metrics over HTTP from a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)

@@ -137,9 +137,12 @@ def secret(text: str) -> str:
 
 
 def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    """One of `options`, in any case, spelled as `options` spells it."""
+    canonical = {option.lower(): option for option in options}
+
     def parse(text: str) -> str:
-        if text.lower() not in options:
+        if text.lower() not in canonical:
             raise ValueError(f"choose from {', '.join(options)}")
-        return text.lower()
+        return canonical[text.lower()]
 
     return parse

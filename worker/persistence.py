@@ -26,15 +26,25 @@ from worker.errors import DatabaseNotMigrated, DatabaseUnavailable
 from worker.verdicts import Outcome, ReviewContent, Verdict
 
 __all__ = [
+    "MIGRATION_LOCK_KEY",
+    "PROBE_TIMEOUT_S",
     "alembic_config",
     "check_schema_current",
     "create_engine",
+    "create_probe_engine",
     "metadata",
     "review_items",
     "translated",
     "verdicts",
     "write_outcomes",
 ]
+
+MIGRATION_LOCK_KEY = 0x69746D67
+"""The Postgres advisory lock (`pg_advisory_lock(1769237863)`, "itmg" in ASCII) that
+`migrations/env.py` holds around a migration, so concurrent upgrades run one after another."""
+
+PROBE_TIMEOUT_S = 2
+"""Seconds a health probe waits to connect; libpq's `connect_timeout` allows no less."""
 
 metadata = sa.MetaData()
 
@@ -77,6 +87,14 @@ review_items = sa.Table(
 def create_engine(url: str) -> sa.Engine:
     """An engine that checks connections before use, so a restarted Postgres is survived."""
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def create_probe_engine(url: str) -> sa.Engine:
+    """An engine for health probes: a fresh connection per probe, given up after
+    PROBE_TIMEOUT_S, so a probe never waits out TCP's own timeout on a lost server."""
+    return sa.create_engine(
+        url, poolclass=sa.NullPool, connect_args={"connect_timeout": PROBE_TIMEOUT_S}
+    )
 
 
 @contextmanager

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import time
+
 import faust
 import structlog
 
 from worker.bundle import BundleSpec, load_bundle
 from worker.config import Settings
 from worker.errors import ConfigError
+from worker.health import CachedCheck, Health, scoring_bound_s, serve
+from worker.kafka_security import check as check_kafka_security
 from worker.logs import logging_dict
 from worker.metrics import Metrics
-from worker.persistence import check_schema_current, create_engine
+from worker.persistence import check_schema_current, create_engine, create_probe_engine
 from worker.scoring import ORT_PROVIDERS, OnnxScorer
 
-__all__ = ["build_app", "check_max_batch", "open_scorer", "run_worker"]
+__all__ = ["build_app", "check_max_batch", "open_scorer", "run_worker", "warm_up", "warmup_shape"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +52,7 @@ def check_max_batch(spec: BundleSpec, provider: str, max_batch: int) -> None:
     Raises:
         ConfigError: `provider` is TensorRT and `max_batch` exceeds the bundle's profile.
     """
-    profile = spec.raw.get("tensorrt", {}).get("profile")
+    profile = spec.tensorrt_profile
     if provider == ORT_PROVIDERS["tensorrt"] and profile and max_batch > profile["batch"][2]:
         raise ConfigError(
             "ITMGUARD_MAX_BATCH",
@@ -57,22 +62,61 @@ def check_max_batch(spec: BundleSpec, provider: str, max_batch: int) -> None:
         )
 
 
-def build_app(settings: Settings) -> faust.App:
-    """Everything checked before joining the consumer group: bundle, providers, schema.
+def warmup_shape(spec: BundleSpec, max_batch: int) -> tuple[int, int]:
+    """The warm-up's batch size and caption length: the TensorRT profile's `opt` shape, which
+    its engine is tuned for, or else `max_batch` captions of the text encoder's longest."""
+    profile = spec.tensorrt_profile
+    if profile:
+        return profile["batch"][1], profile["sequence"][1]
+    return max_batch, spec.text.max_tokens
 
-    Metrics are served from here when a port is set, so `faust -A worker.faustapp`
-    exposes them too.
+
+def warm_up(scorer: OnnxScorer, max_batch: int) -> tuple[int, float]:
+    """Score one batch at `warmup_shape`, so the first real batch is not the slow one.
+
+    Returns the batch size and the seconds it took.
+
+    Raises:
+        WarmupFailed: the model failed on it; the worker must not start.
     """
-    from worker.agents import create_app
+    batch, sequence = warmup_shape(scorer.bundle.spec, max_batch)
+    started = time.perf_counter()
+    scorer.warm_up(batch, sequence)
+    seconds = time.perf_counter() - started
+    log.info("warmup_done", ms=round(seconds * 1000, 1), batch=batch, sequence=sequence)
+    return batch, seconds
 
+
+def build_app(settings: Settings) -> faust.App:
+    """Everything checked before joining the consumer group: Kafka security, bundle, a
+    warm-up batch, schema.
+
+    The probes and metrics are served from here, first, when a port is set (so
+    `faust -A worker.faustapp` serves them too): `/readyz` answers 503 while the
+    bundle loads.
+    """
+    check_kafka_security(settings.kafka_security)
+    metrics = Metrics()
+    database = functools.partial(check_schema_current, create_probe_engine(settings.database_url))
+    health = Health(database=CachedCheck(database, passed="at this release's schema revision"))
+    if settings.metrics_port:
+        try:
+            serve(settings.metrics_host, settings.metrics_port, health, metrics.registry)
+        except OSError as exc:
+            where = f"cannot listen on {settings.metrics_host}: {exc.strerror or exc}"
+            raise ConfigError("ITMGUARD_METRICS_PORT", settings.metrics_port, where) from None
     scorer = open_scorer(settings)
+    health.bundle_loaded(scorer.model_id, scorer.provider)
+    batch, seconds = warm_up(scorer, settings.max_batch)
+    metrics.warmup_seconds.set(seconds)
+    scale = max(1.0, settings.max_batch / batch)
+    health.warmed_up(seconds, scoring_bound_s(settings.fetch_limits, seconds, scale))
     engine = create_engine(settings.database_url)
     check_schema_current(engine)
-    metrics = Metrics()
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("worker_configured", settings=repr(settings), metrics_port=settings.metrics_port)
-    return create_app(settings, scorer, engine, metrics)
+    from worker.agents import create_app
+
+    return create_app(settings, scorer, engine, metrics, health)
 
 
 def run_worker(settings: Settings) -> None:

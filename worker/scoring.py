@@ -16,7 +16,7 @@ from PIL import Image
 
 from worker.bundle import Bundle
 from worker.config import DEFAULT_TRT_CACHE_DIR
-from worker.errors import BundleFieldError, ConfigError
+from worker.errors import BundleFieldError, ConfigError, WarmupFailed
 from worker.preprocess import preprocess_images
 
 try:
@@ -86,7 +86,7 @@ def tensorrt_options(bundle: Bundle, cache_dir: Path) -> dict[str, Any]:
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(timing),
     }
-    profile = trt.get("profile")
+    profile = spec.tensorrt_profile
     if profile is not None:
         names, image = spec.input_names, spec.image
 
@@ -169,13 +169,45 @@ class OnnxScorer:
             )
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
-        spec = self.bundle.spec
         ids, mask = self._text.encode(captions)
+        return self._run(preprocess_images(images, self.bundle.spec.image), ids, mask)
+
+    def warm_up(self, batch: int, sequence: int) -> None:
+        """Score `batch` blank pictures against captions of `sequence` tokens, so that the
+        first real batch finds the session's memory allocated, its kernels chosen and, on
+        TensorRT, its engine built.
+
+        Raises:
+            WarmupFailed: the model raised, or gave no probability for some pair.
+        """
+        spec = self.bundle.spec
+        blank = Image.new("RGB", (spec.image.width, spec.image.height))
+        ids = np.full((batch, sequence), spec.text.pad_id, dtype=np.int64)
+        try:
+            scores = self._run(
+                preprocess_images([blank] * batch, spec.image), ids, np.ones_like(ids)
+            )
+        except Exception as exc:  # ONNX Runtime's errors share no base class
+            reason = ": ".join([type(exc).__name__, *str(exc).strip().splitlines()[:1]])
+            raise WarmupFailed(
+                str(self.bundle.path), batch=batch, sequence=sequence, reason=reason
+            ) from exc
+        if np.isnan(scores).any():
+            raise WarmupFailed(
+                str(self.bundle.path),
+                batch=batch,
+                sequence=sequence,
+                reason="the model gave no probability in [0, 1] for some pairs",
+            )
+
+    def _run(self, pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One model call; probabilities outside [0, 1] become NaN."""
+        spec = self.bundle.spec
         feed = {
-            spec.input_names["pixel_values"]: preprocess_images(images, spec.image),
+            spec.input_names["pixel_values"]: pixels,
             spec.input_names["input_ids"]: ids,
             spec.input_names["attention_mask"]: mask,
         }
         (out,) = self._session.run([spec.output_name], feed)
-        scores = np.asarray(out, dtype=np.float64).reshape(len(captions))
+        scores = np.asarray(out, dtype=np.float64).reshape(len(ids))
         return np.where((scores >= 0.0) & (scores <= 1.0), scores, np.nan)
