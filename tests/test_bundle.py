@@ -172,6 +172,29 @@ def test_cpu_settings_reach_the_session_and_leave_scores_alone(tiny_bundle: Path
     assert abs(lean.score(images, captions) - default.score(images, captions)).max() < 1e-6
 
 
+def test_the_session_runs_one_graph_at_a_time_with_every_optimisation(
+    tiny_bundle: Path,
+) -> None:
+    """OnnxScorer opens its session with every graph optimisation, sequential execution and
+    one inter-op thread, while the intra-op threads follow cpu_threads."""
+    import onnxruntime as ort
+
+    for cpu_threads in (0, 3):
+        scorer = OnnxScorer(load_bundle(tiny_bundle), providers=("cpu",), cpu_threads=cpu_threads)
+        options = scorer._session.get_session_options()
+        assert (
+            options.graph_optimization_level,
+            options.execution_mode,
+            options.inter_op_num_threads,
+            options.intra_op_num_threads,
+        ) == (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            ort.ExecutionMode.ORT_SEQUENTIAL,
+            1,
+            cpu_threads,
+        )
+
+
 def test_a_max_batch_above_the_tensorrt_profile_is_refused(tiny_bundle: Path) -> None:
     """On TensorRT, a max batch larger than the bundle's shape profile is refused at start,
     naming the setting; within the profile, or on another provider, it is accepted."""
@@ -182,3 +205,19 @@ def test_a_max_batch_above_the_tensorrt_profile_is_refused(tiny_bundle: Path) ->
     assert f"TensorRT profile ({largest})" in str(refused.value)
     check_max_batch(spec, "TensorrtExecutionProvider", largest)
     check_max_batch(spec, "CPUExecutionProvider", largest + 1)
+
+
+def test_captions_pad_to_the_longest_but_not_below_the_tensorrt_profile(bundle: Path) -> None:
+    """A batch of short captions pads to its longest, except where the bundle's TensorRT
+    profile starts at a longer sequence: then up to that, with the padding masked out."""
+    short = ["a cat", "a red bus"]
+    ids, mask = load_bundle(bundle).text_encoder().encode(short)
+    assert ids.shape[1] == int(mask.sum(axis=1).max())
+
+    def lengthen(manifest: dict[str, Any]) -> None:
+        manifest["tensorrt"]["profile"]["sequence"][0] = 16
+
+    _edit_manifest(bundle, lengthen)
+    padded_ids, padded_mask = load_bundle(bundle).text_encoder().encode(short)
+    assert padded_ids.shape[1] == 16
+    assert (padded_mask.sum(axis=1) == mask.sum(axis=1)).all()

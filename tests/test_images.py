@@ -9,7 +9,7 @@ from PIL import Image
 
 from worker.config import FetchLimits
 from worker.errors import ImageDecodeFailed, ImageTooLarge, ImageTooManyPixels
-from worker.images import decode_image
+from worker.images import THUMBNAIL_SIZE, decode_image, decode_size
 from worker.testing import png_header, shape_image
 
 
@@ -60,3 +60,95 @@ def test_broken_images_are_decode_failures(data: bytes) -> None:
     with pytest.raises(ImageDecodeFailed) as info:
         decode_image(data, FetchLimits())
     assert info.value.code == "image_decode_failed"
+
+
+def _photo_jpeg(size: tuple[int, int], orientation: int | None = None) -> bytes:
+    """scikit-image's astronaut as a JPEG of `size`, with an EXIF Orientation if given."""
+    from skimage import data as photos
+
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    out = io.BytesIO()
+    photo = Image.fromarray(photos.astronaut()).resize(size, Image.Resampling.BICUBIC)
+    photo.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_a_4mp_jpeg_is_decoded_at_reduced_scale() -> None:
+    """A 2448 x 1632 JPEG asked for 448 x 448 comes back at 1/2 DCT scale, never full size."""
+    image = decode_image(_photo_jpeg((2448, 1632)), FetchLimits(), min_size=(448, 448))
+    assert image.size == (1224, 816)
+
+
+def test_draft_mode_is_applied_before_the_pixels_are_decoded() -> None:
+    """The JPEG decoder itself is asked for a smaller scale: the image is drafted, not shrunk."""
+    data = _photo_jpeg((2448, 1632))
+    opened = Image.open(io.BytesIO(data))
+    opened.draft("RGB", (448, 448))
+    assert decode_image(data, FetchLimits(), min_size=(448, 448)).size == opened.size
+
+
+@pytest.mark.parametrize(
+    ("orientation", "expected"),
+    [(1, (1224, 816)), (3, (1224, 816)), (6, (1632, 2448)), (8, (1632, 2448))],
+)
+def test_reduced_decode_honours_exif_orientation(
+    orientation: int, expected: tuple[int, int]
+) -> None:
+    """min_size is upright: a photo turned 90 degrees by EXIF keeps its upright width of
+    1632 >= 1000 (half scale would give 816), while an unturned one may halve."""
+    data = _photo_jpeg((2448, 1632), orientation)
+    image = decode_image(data, FetchLimits(), min_size=(1000, 300))
+    assert image.size == expected
+
+
+def test_reduce_shrinks_other_formats_by_a_whole_factor() -> None:
+    """A PNG with room to spare is box-reduced by the largest factor that keeps min_size."""
+    out = io.BytesIO()
+    Image.new("RGB", (1000, 700), (9, 99, 199)).save(out, "PNG")
+    image = decode_image(out.getvalue(), FetchLimits(), min_size=(200, 200))
+    assert (image.size, image.mode, image.getpixel((0, 0))) == ((334, 234), "RGB", (9, 99, 199))
+
+
+def test_a_picture_smaller_than_min_size_keeps_its_size() -> None:
+    """Nothing is ever enlarged: a 96-pixel picture asked for 768 comes back as it was."""
+    data = shape_image("red", "circle", fmt="JPEG")
+    assert decode_image(data, FetchLimits(), min_size=(768, 768)).size == (
+        decode_image(data, FetchLimits()).size
+    )
+
+
+def test_decode_size_keeps_twice_the_model_input_and_the_thumbnail() -> None:
+    """The size asked for is twice the model's side, and never under THUMBNAIL_SIZE."""
+    assert decode_size((384, 224)) == (768, 448)
+    assert decode_size((32, 32)) == (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"plain text, not an image",
+        shape_image("red", "circle", fmt="JPEG")[:300],
+        png_header(10, 10),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "png-without-pixels"],
+)
+def test_broken_images_fail_the_same_when_reduced(data: bytes) -> None:
+    """Asking for a reduced decode changes nothing for empty, non-image, truncated or corrupt
+    bytes: ImageDecodeFailed."""
+    with pytest.raises(ImageDecodeFailed):
+        decode_image(data, FetchLimits(), min_size=(8, 8))
+
+
+def test_limits_hold_when_reduced() -> None:
+    """The byte limit and the header's pixel limit refuse before any reduced decode."""
+    with pytest.raises(ImageTooManyPixels):
+        decode_image(png_header(50_000, 50_000), FetchLimits(), min_size=(8, 8))
+    data = _photo_jpeg((2448, 1632))
+    with pytest.raises(ImageTooManyPixels) as info:
+        decode_image(data, FetchLimits(max_pixels=1_000_000), min_size=(8, 8))
+    assert info.value.actual == 2448 * 1632
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, FetchLimits(max_bytes=len(data) - 1), min_size=(8, 8))

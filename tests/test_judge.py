@@ -169,3 +169,39 @@ def test_judge_batches_runs_every_batch_and_closes_the_fetcher() -> None:
     ]
     assert scorer.calls == [1, 2, 3]
     assert fetcher.closed
+
+
+def _big_jpeg(size: tuple[int, int] = (2448, 1632)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _seen_sizes(scorer: FakeScorer, payload: bytes) -> tuple[list[tuple[int, int]], Outcome]:
+    seen: list[tuple[int, int]] = []
+
+    def rule(image: Image.Image, _: str) -> float:
+        seen.append(image.size)
+        return 0.1
+
+    scorer.rule = rule
+    limits = FetchLimits(max_bytes=10_000_000)
+    (outcome,) = score_records([_rec(payload)], scorer, limits)
+    return seen, outcome
+
+
+def test_a_scorer_that_tells_its_input_size_gets_reduced_pictures() -> None:
+    """A 4 MP JPEG reaches a 224-pixel model at half scale (both sides >= 448), and its review
+    thumbnail is still 256 pixels on its longer side."""
+    seen, outcome = _seen_sizes(
+        FakeScorer(lambda *_: 0.0, input_size=(224, 224)), post_event("a", "x", _big_jpeg())
+    )
+    assert seen == [(1224, 816)]
+    thumb = Image.open(io.BytesIO(outcome.review.thumbnail))
+    assert max(thumb.size) == 256
+
+
+def test_a_scorer_without_an_input_size_gets_full_pictures() -> None:
+    """A scorer that does not tell its input size gets the picture at full size, as before."""
+    seen, _ = _seen_sizes(FakeScorer(lambda *_: 0.0), post_event("a", "x", _big_jpeg()))
+    assert seen == [(2448, 1632)]

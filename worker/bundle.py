@@ -100,7 +100,13 @@ class Bundle:
         return self.path / "model.onnx"
 
     def text_encoder(self) -> TextEncoder:
-        return TextEncoder.from_file(self.path / "tokenizer.json", self.spec.text)
+        """The bundle's tokenizer; captions pad to the batch's longest, but never below the
+        TensorRT profile's shortest sequence, which its engine cannot take."""
+        profile = self.spec.tensorrt_profile
+        shortest = profile["sequence"][0] if profile else 1
+        return TextEncoder.from_file(
+            self.path / "tokenizer.json", self.spec.text, min_length=shortest
+        )
 
 
 def file_sha256(path: Path) -> str:

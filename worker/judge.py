@@ -25,7 +25,7 @@ from PIL import Image
 from worker.config import FetchLimits
 from worker.errors import InferenceFailed, InputError
 from worker.events import PostEvent, parse_post_event, peek_post_id
-from worker.images import decode_image, thumbnail_jpeg
+from worker.images import decode_image, decode_size, thumbnail_jpeg
 from worker.messages import dead_letter_message
 from worker.verdicts import Outcome, Record, ReviewContent, Verdict, decide
 
@@ -125,9 +125,10 @@ def _score_parsed(
 ) -> list[Outcome]:
     outcomes: dict[int, Outcome] = {}
     ready: list[tuple[int, _Ready]] = []
+    min_size = None if scorer.input_size is None else decode_size(scorer.input_size)
     for i, item in enumerate(parsed):
         try:
-            ready.append((i, _decode(item, limits, fetched)))
+            ready.append((i, _decode(item, limits, fetched, min_size)))
         except InputError as exc:
             post_id = item.event.post_id if item.event else peek_post_id(item.record.payload)
             outcomes[i] = _failed(item.record, post_id, exc, scorer, clock(), item.event)
@@ -138,7 +139,10 @@ def _score_parsed(
 
 
 def _decode(
-    item: _Parsed, limits: FetchLimits, fetched: Mapping[str, bytes | InputError]
+    item: _Parsed,
+    limits: FetchLimits,
+    fetched: Mapping[str, bytes | InputError],
+    min_size: tuple[int, int] | None,
 ) -> _Ready:
     if item.error is not None:
         raise item.error
@@ -148,7 +152,7 @@ def _decode(
     if isinstance(data, InputError):
         raise data
     assert data is not None
-    return _Ready(item.record, item.event, decode_image(data, limits))
+    return _Ready(item.record, item.event, decode_image(data, limits, min_size=min_size))
 
 
 def _score_all(items: list[_Ready], scorer: Scorer) -> list[float]:

@@ -74,21 +74,48 @@ def preprocess_images(images: Sequence[Image.Image], spec: ImageSpec) -> np.ndar
 
 
 class TextEncoder:
-    """Tokenises captions with the checkpoint's own tokenizer, padded to the longest."""
+    """Tokenises captions with the checkpoint's own tokenizer, padded to the batch's longest.
 
-    def __init__(self, tokenizer: Tokenizer, spec: TextSpec) -> None:
+    The exported graphs have dynamic sequence axes and the attention mask hides the
+    padding, so a batch of short captions costs short sequences. `min_length` pads
+    further where a runtime needs it (a TensorRT profile's minimum sequence);
+    `pad_to_max=True` pads every batch to `max_tokens`, the old behaviour, kept for
+    comparison.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        spec: TextSpec,
+        *,
+        min_length: int = 1,
+        pad_to_max: bool = False,
+    ) -> None:
         self._tokenizer = tokenizer
         self._tokenizer.enable_truncation(max_length=spec.max_tokens)
-        self._tokenizer.enable_padding(pad_id=spec.pad_id, pad_token=spec.pad_token)
+        self._tokenizer.enable_padding(
+            pad_id=spec.pad_id,
+            pad_token=spec.pad_token,
+            length=spec.max_tokens if pad_to_max else None,
+        )
         self.spec = spec
+        self.min_length = min(min_length, spec.max_tokens)
 
     @classmethod
-    def from_file(cls, path: Path, spec: TextSpec) -> TextEncoder:
-        return cls(Tokenizer.from_file(str(path)), spec)
+    def from_file(
+        cls, path: Path, spec: TextSpec, *, min_length: int = 1, pad_to_max: bool = False
+    ) -> TextEncoder:
+        return cls(
+            Tokenizer.from_file(str(path)), spec, min_length=min_length, pad_to_max=pad_to_max
+        )
 
     def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """`(input_ids, attention_mask)`, both int64 of shape (N, longest)."""
+        """`(input_ids, attention_mask)`, both int64 of shape (N, max(longest, min_length))."""
         encodings = self._tokenizer.encode_batch(list(captions))
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        short = self.min_length - ids.shape[-1]
+        if encodings and short > 0:
+            ids = np.pad(ids, ((0, 0), (0, short)), constant_values=self.spec.pad_id)
+            mask = np.pad(mask, ((0, 0), (0, short)), constant_values=0)
         return ids, mask

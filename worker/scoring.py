@@ -44,6 +44,9 @@ class Scorer(Protocol):
     model_id: str
     threshold: float
     provider: str
+    input_size: tuple[int, int] | None
+    """The model's image input (width, height); pictures are decoded no larger than needed
+    for it. None: decode at full size."""
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         """Match probabilities in [0, 1], one per pair; NaN where the model failed."""
@@ -105,7 +108,25 @@ def tensorrt_options(bundle: Bundle, cache_dir: Path) -> dict[str, Any]:
 
 
 class OnnxScorer:
-    """The production scorer: bundle preprocessing plus one ONNX Runtime session."""
+    """The production scorer: bundle preprocessing plus one ONNX Runtime session.
+
+    The session's CPU options are chosen, not left to ONNX Runtime's defaults:
+
+    - graph optimisation level ORT_ENABLE_ALL (also the Python default, set here so that
+      it is a decision): every rewrite ONNX Runtime has, including the extended fusions
+      (among others, an int8 bundle's DynamicQuantizeLinear + MatMulInteger + scale chains
+      become single DynamicQuantizeMatMul / MatMulIntegerToFloat kernels) and the CPU
+      layout rewrites. A bundle is exported with portable fusions only, so the
+      provider-specific ones are left to the session. The extended and layout rewrites
+      touch only nodes assigned to providers that implement them; TensorRT takes its
+      subgraphs before they run and fuses by itself.
+    - sequential execution and one inter-op thread: a model call is one graph for one
+      batch, its branches depend on each other, and the worker makes one call at a time,
+      so a second pool of threads running branches in parallel would only contend with
+      the intra-op threads for the same cores.
+    - intra-op threads from `cpu_threads`, the threads each large op (MatMul, attention)
+      is split across; 0 keeps ONNX Runtime's default of one per core of the machine.
+    """
 
     def __init__(
         self,
@@ -136,6 +157,9 @@ class OnnxScorer:
             for n in names
         ]
         session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.inter_op_num_threads = 1
         session_options.intra_op_num_threads = cpu_threads
         session_options.enable_cpu_mem_arena = cpu_memory_arena
         self._session = ort.InferenceSession(
@@ -146,6 +170,10 @@ class OnnxScorer:
         self.provider = self._session.get_providers()[0]
         self._check_signature()
         self._text = bundle.text_encoder()
+        self.input_size: tuple[int, int] | None = (
+            bundle.spec.image.width,
+            bundle.spec.image.height,
+        )
         log.info(
             "model_loaded",
             model_id=self.model_id,

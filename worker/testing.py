@@ -109,6 +109,7 @@ class FakeScorer:
     model_id: str = "fake@1"
     threshold: float = 0.5
     provider: str = "fake"
+    input_size: tuple[int, int] | None = None
     calls: list[int] = field(default_factory=list)
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
