@@ -38,6 +38,7 @@ from export.bundling import (
     write_tokenizer,
 )
 from export.parity import parity_feeds
+from export.quantise import choose_precision, quantise_int8
 from worker.bundle import BundleSpec, write_manifest
 from worker.errors import ExportError
 
@@ -99,6 +100,7 @@ def export_blip(
     tolerance: float = 1e-4,
     optimize: bool = True,
     fp16: bool = False,
+    int8: bool = False,
     max_batch: int = 32,
     progress: Callable[[str], None] = print,
 ) -> BundleSpec:
@@ -127,8 +129,11 @@ def export_blip(
         fp16: store the weights and most arithmetic in fp16, keeping LayerNorm, Softmax
             and the ITM head in fp32; fails unless verdicts agree with fp32 on at least
             `FP16_MIN_AGREEMENT` of the parity set.
+        int8: for CPUs, dynamic int8 quantisation of the linear layers, ITM head kept in
+            fp32 (`export.quantise`), gated as fp16 is; fp16 and int8 exclude each other.
         max_batch: largest batch in the TensorRT shape profile.
-        progress: called with one line per stage (load, trace, verify, optimise, fp16, write).
+        progress: called with one line per stage (load, trace, verify, optimise, fp16 or int8,
+            write).
 
     Returns:
         The checked manifest written to `out/bundle.json`.
@@ -136,13 +141,14 @@ def export_blip(
     Raises:
         ExportError: the checkpoint is missing or unreachable, is not a BLIP ITM
             checkpoint, has a processor the worker cannot reproduce, fails to export,
-            or fails a parity gate.
+            or fails a parity gate; or fp16 and int8 are both asked for.
         BundleFieldError: `name`, `version` or `threshold` break the bundle schema.
     """
     out = Path(out)
     shown = str(checkpoint)
     if out.exists():
         raise ExportError(shown, f"{out} already exists; choose a new bundle directory")
+    precision = choose_precision(shown, fp16=fp16, int8=int8)
     local = resolve_checkpoint(checkpoint, progress)
     _check_checkpoint(local, shown)
 
@@ -172,7 +178,9 @@ def export_blip(
         del model  # before any ONNX Runtime session opens, so the two never share memory
         gc.collect()
         gate = ParityGate(shown, spec, feeds, reference, tolerance, progress)
-        report = _checked_graphs(shown, gate, work, optimize=optimize, fp16=fp16, progress=progress)
+        report = _checked_graphs(
+            shown, gate, work, optimize=optimize, precision=precision, progress=progress
+        )
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
     progress(done_line(spec, started))
@@ -214,10 +222,10 @@ def _checked_graphs(
     work: Path,
     *,
     optimize: bool,
-    fp16: bool,
+    precision: str,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The verify, optimise and fp16 stages: the traced graph, then each graph made from it,
+    """The verify, optimise and fp16 or int8 stages: the traced graph, then each graph made from it,
     must pass the parity gate; the last one becomes model.onnx. Returns bundle.json's `parity`.
     """
     chosen = work / "traced.onnx"
@@ -225,10 +233,13 @@ def _checked_graphs(
     if optimize:
         report |= _optimise(gate, chosen, work / "optimised.onnx", progress)
         chosen = work / "optimised.onnx"
-    if fp16:
+    if precision == "fp16":
         report |= _fp16(shown, gate, chosen, work / "fp16.onnx")
-        chosen = work / "fp16.onnx"
-    report["precision"] = "fp16" if fp16 else "fp32"
+    elif precision == "int8":
+        report |= quantise_int8(shown, gate, chosen, work / "int8.onnx", progress)
+    if precision != "fp32":
+        chosen = work / f"{precision}.onnx"
+    report["precision"] = precision
     chosen.rename(work / "model.onnx")
     return report
 

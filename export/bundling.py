@@ -252,18 +252,26 @@ class ParityGate:
         return parity.as_manifest()
 
     def check_fp16(self, fp32: Path, fp16: Path, *, min_agreement: float) -> dict[str, Any]:
-        """Verdict agreement of an fp16 graph with its fp32 graph and with PyTorch.
+        """Verdict agreement of an fp16 graph with its fp32 graph; see `check_agreement`."""
+        return self.check_agreement("fp16", fp32, fp16, min_agreement=min_agreement)
+
+    def check_agreement(
+        self, precision: str, fp32: Path, candidate: Path, *, min_agreement: float
+    ) -> dict[str, Any]:
+        """Verdict agreement of a reduced-precision graph (`precision`: fp16, int8) with its
+        fp32 graph and with PyTorch, as bundle.json records it under `<precision>_vs_fp32`,
+        `<precision>_vs_pytorch` and `<precision>_min_agreement`.
 
         Raises:
-            ExportError: the fp16 graph agrees with fp32 on fewer than `min_agreement`
+            ExportError: the candidate agrees with fp32 on fewer than `min_agreement`
                 of the parity set's verdicts.
         """
-        half = self._score(fp16)
+        reduced = self._score(candidate)
         threshold = self.spec.threshold
-        versus_fp32 = compare(self._score(fp32), half, tolerance=None, threshold=threshold)
-        versus_torch = compare(self.reference, half, tolerance=None, threshold=threshold)
+        versus_fp32 = compare(self._score(fp32), reduced, tolerance=None, threshold=threshold)
+        versus_torch = compare(self.reference, reduced, tolerance=None, threshold=threshold)
         self.progress(
-            f"fp16: verdicts agree with fp32 on {versus_fp32.decision_agreement:.1%} of "
+            f"{precision}: verdicts agree with fp32 on {versus_fp32.decision_agreement:.1%} of "
             f"{versus_fp32.n_pairs} pairs (need {min_agreement:.1%}); max abs diff "
             f"{versus_fp32.max_abs_diff:.3g} from fp32, "
             f"{versus_torch.max_abs_diff:.3g} from PyTorch"
@@ -271,13 +279,14 @@ class ParityGate:
         if not versus_fp32.decision_agreement >= min_agreement:
             raise ExportError(
                 self.shown,
-                f"the fp16 graph agrees with fp32 on {versus_fp32.decision_agreement:.1%} of "
-                f"verdicts, below {min_agreement:.1%}; export in fp32",
+                f"the {precision} graph agrees with fp32 on "
+                f"{versus_fp32.decision_agreement:.1%} of verdicts, below {min_agreement:.1%}; "
+                "export in fp32",
             )
         return {
-            "fp16_vs_fp32": versus_fp32.as_manifest(),
-            "fp16_vs_pytorch": versus_torch.as_manifest(),
-            "fp16_min_agreement": min_agreement,
+            f"{precision}_vs_fp32": versus_fp32.as_manifest(),
+            f"{precision}_vs_pytorch": versus_torch.as_manifest(),
+            f"{precision}_min_agreement": min_agreement,
         }
 
 

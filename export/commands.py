@@ -73,6 +73,12 @@ def export() -> None:
     "--fp16", is_flag=True, help="fp16 bundle with LayerNorm, Softmax and the ITM head kept in fp32"
 )
 @click.option(
+    "--int8",
+    is_flag=True,
+    help="for CPUs: int8 weights in the linear layers (dynamic quantisation), the ITM head "
+    "and everything else kept in fp32; not with --fp16",
+)
+@click.option(
     "--max-batch",
     default=32,
     show_default=True,
@@ -89,9 +95,14 @@ def export_blip(
     tolerance: float,
     optimize: bool,
     fp16: bool,
+    int8: bool,
     max_batch: int,
 ) -> None:
     """Export a BLIP image-text matching checkpoint to an ONNX bundle, checking parity."""
+    if fp16 and int8:
+        raise click.UsageError(
+            "give --fp16 (GPUs) or --int8 (CPUs), not both: a bundle has one precision"
+        )
     try:
         from export.blip import export_blip as run_export
     except ImportError as exc:
@@ -108,6 +119,7 @@ def export_blip(
         tolerance=tolerance,
         optimize=optimize,
         fp16=fp16,
+        int8=int8,
         max_batch=max_batch,
         progress=lambda m: click.echo(m, err=True),
     )

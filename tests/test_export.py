@@ -19,6 +19,7 @@ from transformers import AutoProcessor, BlipForImageTextRetrieval
 import export.blip
 import export.bundling
 import export.parity
+import export.quantise
 import worker.preprocess
 from export.blip import export_blip
 from export.tiny import WORDS, make_tiny_checkpoint, tiny_vocab
@@ -197,6 +198,63 @@ def test_fp16_below_the_agreement_gate_fails(
     monkeypatch.setattr(export.blip, "FP16_MIN_AGREEMENT", 1.01)
     with pytest.raises(ExportError, match="agrees with fp32 on"):
         export_blip(exported.checkpoint, tmp_path / "half", fp16=True, progress=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_export_keeps_verdicts_and_records_agreement(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """An int8 bundle has int8 linear layers but an fp32 ITM head, agrees with fp32 on at
+    least 99.5% of verdicts, says it is int8, and loads and scores in the worker."""
+    import onnx
+
+    spec = export_blip(exported.checkpoint, tmp_path / "int8", int8=True, progress=lambda _: None)
+    parity = spec.raw["parity"]
+    assert parity["precision"] == "int8" and spec.raw["tensorrt"]["fp16"] is False
+    assert parity["int8_min_agreement"] == 0.995
+    assert parity["int8_vs_fp32"]["decision_agreement"] >= 0.995
+    assert 0 < parity["int8_vs_fp32"]["max_abs_diff"] < 0.05
+    assert parity["int8_vs_pytorch"]["n_pairs"] == 63
+    nodes = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node
+    integer = [n.name for n in nodes if n.op_type == "MatMulInteger"]
+    assert integer and not [name for name in integer if "/itm_head/" in name]
+    assert {n.op_type for n in nodes if "/itm_head/" in n.name} == {"MatMul", "Add"}
+    fp32_size = (exported.bundle / "model.onnx").stat().st_size
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < 0.75 * fp32_size
+    loaded = load_bundle(tmp_path / "int8")
+    assert loaded.spec.raw["parity"]["precision"] == "int8"
+    scorer = OnnxScorer(loaded, providers=("cpu",))
+    scores = scorer.score(_posted_images(), CAPTIONS)
+    assert scores.shape == (6,) and not np.isnan(scores).any()
+
+
+def test_int8_below_the_agreement_gate_fails(
+    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int8 graph that changes verdicts too often is refused, saying why, and leaves no
+    bundle."""
+    monkeypatch.setattr(export.quantise, "INT8_MIN_AGREEMENT", 1.01)
+    with pytest.raises(ExportError, match=r"the int8 graph agrees with fp32 on 100\.0% of"):
+        export_blip(exported.checkpoint, tmp_path / "int8", int8=True, progress=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_and_int8_together_are_refused(exported: Exported, tmp_path: Path) -> None:
+    """Asking for both fp16 and int8 fails at once with a message naming both, writing nothing;
+    the command line refuses the two flags together as a usage error."""
+    from click.testing import CliRunner
+
+    from export.commands import export as export_group
+
+    with pytest.raises(ExportError, match="fp16 and int8 exclude each other"):
+        export_blip(
+            exported.checkpoint, tmp_path / "b", fp16=True, int8=True, progress=lambda _: None
+        )
+    assert list(tmp_path.iterdir()) == []
+    args = ["blip", "--checkpoint", str(exported.checkpoint), "--out", str(tmp_path / "b")]
+    result = CliRunner().invoke(export_group, [*args, "--fp16", "--int8"])
+    assert result.exit_code == 2
+    assert "give --fp16 (GPUs) or --int8 (CPUs), not both" in result.output
     assert list(tmp_path.iterdir()) == []
 
 
