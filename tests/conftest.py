@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.support import fresh_database
 from worker.demo.embedded import EmbeddedPostgres, stop_process, tansu_broker
+from worker.persistence import create_engine
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +120,11 @@ def worker_process(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
         if worker.proc is not None and worker.proc.poll() is None:
             worker.proc.kill()
             worker.proc.wait()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    """An engine on the test's fresh database."""
+    eng = create_engine(database_url)
+    yield eng
+    eng.dispose()

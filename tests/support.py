@@ -1,5 +1,6 @@
 """Real databases and topics for the tests: a fresh Postgres database per test, reading a
-topic back, waiting for verdict rows, a test worker's environment.
+topic back, waiting for verdict rows, a test worker's environment, review items put
+straight into the queue.
 
 Generated inputs and fakes that benchmarks need too live in `worker.testing`."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import time
 import uuid
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 
 from worker.demo.embedded import create_topics
+from worker.review.items import history
 
 ADMIN_DATABASE_URL = os.environ.get(
     "ITMGUARD_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -136,3 +139,52 @@ def worker_env(
 
 def create_worker_topics(broker: str, name: str, partitions: int = 4) -> None:
     create_topics(broker, {f"{name}-posts": partitions, f"{name}-flags": 2, f"{name}-dlq": 1})
+
+
+LEASE = 300.0
+"""A review lease long enough that it never lapses during a test unless the test says so."""
+
+
+def insert_items(
+    engine: sa.Engine, n: int, *, seed: int = 0, prefix: str = "p", model_id: str = "m@1"
+) -> list[int]:
+    """`n` pending review items inserted directly, with random scores and distinct ages."""
+    rng = random.Random(seed)
+    rows = [
+        {
+            "post_id": f"{prefix}-{i:05d}",
+            "model_id": model_id,
+            "score": rng.random() * 0.5,
+            "caption": f"caption {i}",
+            "age": n - i,
+        }
+        for i in range(n)
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO review_items (post_id, model_id, score, threshold, status, "
+                "created_at, caption, image_url) VALUES (:post_id, :model_id, :score, 0.5, "
+                "'pending', now() - make_interval(secs => :age), :caption, "
+                "'https://img.example/' || :post_id || '.jpg')"
+            ),
+            rows,
+        )
+        ids = conn.execute(sa.text("SELECT id FROM review_items ORDER BY id")).scalars().all()
+    return list(ids)
+
+
+def expire_lease(engine: sa.Engine, item_id: int) -> None:
+    """Move an item's lease into the past, as if its moderator had walked away."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE review_items SET lease_expires_at = now() - interval '1 second', "
+                "claimed_at = now() - interval '10 minutes' WHERE id = :id"
+            ),
+            {"id": item_id},
+        )
+
+
+def actions(engine: sa.Engine, item_id: int) -> list[tuple[str, str, str | None]]:
+    return [(e.action, e.moderator, e.decision) for e in history(engine, item_id)]

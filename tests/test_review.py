@@ -1,101 +1,29 @@
-"""The review queue in a real Postgres: claims, leases, decisions, audit, labels, accounts."""
+"""The review queue in a real Postgres: claims, leases, decisions, releases, the audit trail,
+and the queue's reads (items, lists, stats)."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import random
-import threading
-import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from tests.support import LEASE, actions, expire_lease, insert_items
 from worker.errors import (
     ItemAlreadyDecided,
     ItemHeldByOther,
     ItemNotClaimed,
     ItemNotFound,
     LeaseExpired,
-    ModeratorExists,
     ReviewError,
-    UnknownModerator,
 )
-from worker.messages import validator
-from worker.persistence import alembic_config, create_engine, write_outcomes
-from worker.review.accounts import (
-    add_moderator,
-    authenticate,
-    disable_moderator,
-    require_moderator,
-    set_password,
-)
-from worker.review.items import DECISIONS, get_item, history, list_items, stats, thumbnail
-from worker.review.labels import export_labels
+from worker.persistence import alembic_config, write_outcomes
+from worker.review.items import get_item, history, list_items, stats, thumbnail
 from worker.review.queue import claim, claim_next, decide, expire_leases, release, release_all
 from worker.verdicts import Outcome, Record, ReviewContent, Verdict
 
 pytestmark = pytest.mark.integration
-
-LEASE = 300.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    """An engine on the test's fresh database."""
-    eng = create_engine(database_url)
-    yield eng
-    eng.dispose()
-
-
-def insert_items(
-    engine: sa.Engine, n: int, *, seed: int = 0, prefix: str = "p", model_id: str = "m@1"
-) -> list[int]:
-    """`n` pending review items inserted directly, with random scores and distinct ages."""
-    rng = random.Random(seed)
-    rows = [
-        {
-            "post_id": f"{prefix}-{i:05d}",
-            "model_id": model_id,
-            "score": rng.random() * 0.5,
-            "caption": f"caption {i}",
-            "age": n - i,
-        }
-        for i in range(n)
-    ]
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO review_items (post_id, model_id, score, threshold, status, "
-                "created_at, caption, image_url) VALUES (:post_id, :model_id, :score, 0.5, "
-                "'pending', now() - make_interval(secs => :age), :caption, "
-                "'https://img.example/' || :post_id || '.jpg')"
-            ),
-            rows,
-        )
-        ids = conn.execute(sa.text("SELECT id FROM review_items ORDER BY id")).scalars().all()
-    return list(ids)
-
-
-def expire_lease(engine: sa.Engine, item_id: int) -> None:
-    """Move an item's lease into the past, as if its moderator had walked away."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "UPDATE review_items SET lease_expires_at = now() - interval '1 second', "
-                "claimed_at = now() - interval '10 minutes' WHERE id = :id"
-            ),
-            {"id": item_id},
-        )
-
-
-def actions(engine: sa.Engine, item_id: int) -> list[tuple[str, str, str | None]]:
-    return [(e.action, e.moderator, e.decision) for e in history(engine, item_id)]
 
 
 def test_a_mismatch_verdict_queues_a_complete_pending_item(engine: sa.Engine) -> None:
@@ -319,96 +247,6 @@ def test_list_filters_by_status_decision_moderator_model_and_text(engine: sa.Eng
     assert len(list_items(engine, limit=2, offset=4)) == 1
 
 
-def test_export_labels_writes_calibration_lines(engine: sa.Engine) -> None:
-    """Decisions become labelled post events; escalations are left out, conflicts counted."""
-    from PIL import Image
-
-    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
-    jpeg = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 10, 10)).save(jpeg, format="JPEG")
-    posts = [
-        ("url-post", "https://img.example/a.jpg", None, "m@1"),
-        ("thumb-post", None, jpeg.getvalue(), "m@1"),
-        ("escalated", "https://img.example/c.jpg", None, "m@1"),
-        ("twice", "https://img.example/d.jpg", None, "m@1"),
-        ("twice", "https://img.example/d.jpg", None, "m@2"),
-    ]
-    outcomes = [
-        Outcome(
-            Record(b"", topic="posts"),
-            Verdict(post, model, 0.1, 0.5, "mismatch", None, now, now),  # type: ignore[arg-type]
-            None,
-            ReviewContent(f"caption of {post}", url, thumb),
-        )
-        for post, url, thumb, model in posts
-    ]
-    for outcome in outcomes:
-        write_outcomes(engine, [outcome])
-    decisions = [
-        "confirmed_mismatch",
-        "not_a_mismatch",
-        "escalate",
-        "confirmed_mismatch",
-        "not_a_mismatch",
-    ]
-    for item, decision in zip(list_items(engine)[::-1], decisions, strict=True):
-        claim(engine, item.id, "alice", lease_s=LEASE)
-        decide(engine, item.id, "alice", decision)
-    out = io.StringIO()
-    counts = export_labels(engine, out)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    by_post = {line["post_id"]: line for line in lines}
-    assert (counts.written, counts.escalated, counts.superseded, counts.conflicts) == (3, 1, 1, 1)
-    assert by_post["url-post"]["label"] == 0 and by_post["url-post"]["image"] == {
-        "url": "https://img.example/a.jpg"
-    }
-    assert by_post["thumb-post"]["label"] == 1
-    assert base64.b64decode(by_post["thumb-post"]["image"]["data"]) == jpeg.getvalue()
-    assert (
-        by_post["twice"]["label"] == 1
-        and by_post["twice"]["metadata"]["review"]["model_id"] == "m@2"
-    )
-    for line in lines:
-        validator("post-event.v1").validate({k: v for k, v in line.items() if k != "label"})
-    only_m1 = io.StringIO()
-    assert export_labels(engine, only_m1, model_id="m@1").written == 3
-    assert '"twice"' in only_m1.getvalue() and '"label": 0' in only_m1.getvalue()
-
-
-def test_moderator_accounts_store_only_a_hash(engine: sa.Engine) -> None:
-    """An account keeps an Argon2id hash; sign-in checks it and refuses wrong or disabled ones."""
-    add_moderator(engine, "alice", "correct horse battery")
-    with engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT password_hash FROM moderators")).scalar_one()
-    assert stored.startswith("$argon2id$") and "correct horse" not in stored
-    assert authenticate(engine, "alice", "correct horse battery") is not None
-    assert authenticate(engine, "alice", "wrong horse battery") is None
-    assert authenticate(engine, "nobody", "correct horse battery") is None
-    with pytest.raises(ModeratorExists):
-        add_moderator(engine, "alice", "another long password")
-    with pytest.raises(ReviewError, match="at least 12"):
-        add_moderator(engine, "bob", "short")
-    with pytest.raises(ReviewError, match="moderator name"):
-        add_moderator(engine, "bob smith", "long enough password")
-    set_password(engine, "alice", "a brand new password")
-    assert authenticate(engine, "alice", "correct horse battery") is None
-    assert authenticate(engine, "alice", "a brand new password") is not None
-
-
-def test_disabling_a_moderator_releases_their_items(engine: sa.Engine) -> None:
-    """A disabled account cannot sign in or act, and what it held returns to the queue."""
-    (item_id,) = insert_items(engine, 1)
-    add_moderator(engine, "alice", "correct horse battery")
-    claim(engine, item_id, "alice", lease_s=LEASE)
-    assert disable_moderator(engine, "alice") == [item_id]
-    assert get_item(engine, item_id).status == "pending"
-    assert authenticate(engine, "alice", "correct horse battery") is None
-    with pytest.raises(UnknownModerator, match="add-moderator alice"):
-        require_moderator(engine, "alice")
-    with pytest.raises(UnknownModerator):
-        disable_moderator(engine, "nobody")
-
-
 def test_downgrade_refuses_to_drop_the_audit_trail(database_url: str, engine: sa.Engine) -> None:
     """Migration 0003 downgrades on an unused queue but refuses once audit rows exist."""
     config = alembic_config(database_url)
@@ -419,166 +257,3 @@ def test_downgrade_refuses_to_drop_the_audit_trail(database_url: str, engine: sa
     with pytest.raises(RuntimeError, match="append-only audit trail"):
         command.downgrade(config, "0002")
     assert actions(engine, item_id) == [("claim", "alice", None)]
-
-
-# --- concurrency ---------------------------------------------------------------------------
-
-ITEMS = 2000
-MODERATORS = 20
-DYING = 3
-SHORT_LEASE = 1.0
-
-
-def _moderator_loop(
-    url: str,
-    name: str,
-    *,
-    die_after: int | None,
-    seed: int,
-    deadline: float,
-    drained: threading.Event,
-    tally: Counter[str],
-    lock: threading.Lock,
-) -> None:
-    """One moderator on its own connection: claim, decide, sometimes dawdle past the lease."""
-    rng = random.Random(seed)
-    engine = sa.create_engine(url, pool_size=1, max_overflow=0)
-    local: Counter[str] = Counter()
-    try:
-        while not drained.is_set() and time.monotonic() < deadline:
-            item = claim_next(engine, name, lease_s=SHORT_LEASE)
-            if item is None:
-                local["empty_polls"] += 1
-                with engine.connect() as conn:
-                    left = conn.execute(
-                        sa.text("SELECT count(*) FROM review_items WHERE status <> 'decided'")
-                    ).scalar_one()
-                if left == 0:
-                    drained.set()
-                    break
-                # What is left is leased. A lease lapses on the database's clock, which
-                # nothing in this process can wait on, so poll it; every moderator stops
-                # the moment one of them sees the queue drained.
-                drained.wait(0.05)
-                continue
-            local["claims"] += 1
-            if die_after is not None and local["claims"] >= die_after:
-                local["died_holding"] += 1
-                return  # walks away holding the item; its lease must lapse
-            if rng.random() < 0.01:
-                # part of the scenario, not a wait on another thread: a slow moderator
-                # dawdles past the lease, so their decision must be refused
-                time.sleep(SHORT_LEASE + 0.3)
-            try:
-                decide(engine, item.id, name, rng.choice(DECISIONS))
-                local["decisions"] += 1
-            except LeaseExpired:
-                local["lost_lease_expired"] += 1
-            except ItemHeldByOther:
-                local["lost_reclaimed"] += 1
-            except ItemNotClaimed:
-                local["lost_returned"] += 1
-            except ItemAlreadyDecided:
-                local["lost_decided_by_other"] += 1
-    except Exception as exc:  # noqa: BLE001 - surfaced by the test, not lost in a thread
-        local[f"crashed: {exc!r}"] += 1
-    finally:
-        engine.dispose()
-        with lock:
-            tally.update(local)
-
-
-def test_twenty_moderators_drain_two_thousand_items(
-    database_url: str, engine: sa.Engine, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """20 concurrent moderators, 3 of whom die holding items, decide each of 2,000 items once."""
-    insert_items(engine, ITEMS, seed=7)
-    tally: Counter[str] = Counter()
-    lock = threading.Lock()
-    drained = threading.Event()
-    start = time.monotonic()
-    deadline = start + 60
-    threads = [
-        threading.Thread(
-            target=_moderator_loop,
-            args=(database_url, f"mod{i:02d}"),
-            kwargs={
-                "die_after": 5 + 7 * i if i < DYING else None,
-                "seed": i,
-                "deadline": deadline,
-                "drained": drained,
-                "tally": tally,
-                "lock": lock,
-            },
-        )
-        for i in range(MODERATORS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=max(1.0, deadline + 5 - time.monotonic()))
-    elapsed = time.monotonic() - start
-    assert not any(t.is_alive() for t in threads), "moderators still running after 60 s"
-    assert not [k for k in tally if k.startswith("crashed")], tally
-
-    with engine.connect() as conn:
-        statuses = dict(
-            conn.execute(sa.text("SELECT status, count(*) FROM review_items GROUP BY status")).all()
-        )
-        audit = conn.execute(
-            sa.text(
-                "SELECT item_id, action, moderator, lease_expires_at, at FROM review_audit "
-                "ORDER BY item_id, id"
-            )
-        ).all()
-    assert statuses == {"decided": ITEMS}
-
-    per_item: dict[int, list[sa.Row]] = defaultdict(list)
-    for row in audit:
-        per_item[row.item_id].append(row)
-    assert len(per_item) == ITEMS
-    for item_id, events in per_item.items():
-        holder, lease, decided, returned_at = None, None, 0, None
-        for ev in events:
-            assert decided == 0, f"item {item_id}: {ev.action} after its decision"
-            if ev.action == "claim":
-                assert holder is None, (
-                    f"item {item_id} claimed by {ev.moderator} while {holder} held it"
-                )
-                if returned_at is not None:
-                    assert ev.at >= returned_at
-                holder, lease = ev.moderator, ev.lease_expires_at
-            elif ev.action == "renew":
-                assert holder == ev.moderator
-                lease = ev.lease_expires_at
-            elif ev.action in ("release", "expire"):
-                assert holder == ev.moderator
-                if ev.action == "expire":
-                    assert ev.at >= lease, f"item {item_id}: lease ended early"
-                holder, returned_at = None, ev.at
-            else:
-                assert ev.action == "decide" and holder == ev.moderator
-                assert ev.at <= lease, f"item {item_id} decided after the lease ran out"
-                decided += 1
-        assert decided == 1, f"item {item_id} decided {decided} times"
-
-    counts = Counter(row.action for row in audit)
-    assert counts["decide"] == ITEMS == tally["decisions"]
-    assert counts["claim"] == tally["claims"]
-    assert tally["died_holding"] == DYING
-    assert counts["expire"] >= DYING, "the dead moderators' leases were never reclaimed"
-    lost = sum(v for k, v in tally.items() if k.startswith("lost_"))
-    assert counts["claim"] == ITEMS + counts["expire"] + counts["release"]
-    assert lost + DYING == counts["expire"]
-    with capsys.disabled():
-        print(
-            f"\n[review concurrency] {MODERATORS} moderators, {ITEMS} items in {elapsed:.1f} s: "
-            f"{counts['claim'] / elapsed:.0f} claims/s, {counts['decide'] / elapsed:.0f} "
-            f"decisions/s; {counts['claim']} claims, {counts['expire']} expired leases reclaimed "
-            f"({DYING} from moderators who died holding an item), lost decisions: "
-            f"{tally['lost_lease_expired']} lease expired, {tally['lost_reclaimed']} reclaimed by "
-            f"another, {tally['lost_decided_by_other']} decided by another, "
-            f"{tally['lost_returned']} returned; {tally['empty_polls']} empty polls "
-            f"while leases ran; 0 double claims, 0 double decisions"
-        )
-    assert elapsed < 60
