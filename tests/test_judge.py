@@ -128,7 +128,8 @@ def test_event_time_prefers_created_at_then_kafka_timestamp() -> None:
 
 
 def test_fetched_url_images_are_scored_with_the_inline_ones() -> None:
-    """URL events list their URL once for fetching and score from the fetched bytes."""
+    """URL events list their URL once for fetching, score from the fetched bytes and keep
+    a thumbnail of that picture for review."""
     image = shape_image("blue", "square")
     url_event = {"post_id": "u", "caption": "a blue square", "image": {"url": "https://img/a.png"}}
     records = [
@@ -144,7 +145,8 @@ def test_fetched_url_images_are_scored_with_the_inline_ones() -> None:
     assert scorer.calls == [3]
     flagged = score_records(records, FakeScorer(lambda *_: 0.1), FetchLimits(), fetcher.answers)
     assert [o.review.image_url for o in flagged] == ["https://img/a.png", "https://img/a.png", None]
-    assert flagged[0].review.thumbnail is None and flagged[2].review.thumbnail is not None
+    # the picture the model scored is kept for URL images as for inline ones
+    assert all(o.review.thumbnail.startswith(b"\xff\xd8") for o in flagged)
 
 
 def test_a_batch_of_inline_images_fetches_nothing() -> None:

@@ -199,11 +199,12 @@ def _scored(item: _Ready, score: float, scorer: Scorer, now: datetime) -> Outcom
     )
     review = None
     if verdict.verdict == "mismatch":
-        source = item.event.image
+        # the picture the model scored is kept for URL images too: the image at the URL
+        # may change, and a moderator's browser should never have to fetch it
         review = ReviewContent(
             caption=item.event.caption,
-            image_url=source.url,
-            thumbnail=thumbnail_jpeg(item.image) if source.url is None else None,
+            image_url=item.event.image.url,
+            thumbnail=thumbnail_jpeg(item.image),
         )
     return Outcome(item.record, verdict, None, review)
 
