@@ -129,19 +129,20 @@ def test_a_store_down_past_the_shutdown_grace_abandons_the_batch() -> None:
 
 
 def test_each_step_of_a_batch_is_marked_for_the_health_probes() -> None:
-    """The store sees the batch at write_verdicts, its second attempt counting one failure;
-    the broker sees it at publish; a durable batch leaves no step behind."""
+    """After prepare and score, the store sees the batch at write_verdicts, its second
+    attempt counting one failure; the broker sees it at publish; a durable batch leaves no
+    step behind."""
     clock = iter(range(100))
     progress = BatchProgress(clock=lambda: float(next(clock)))
     store, flags, seen = FakeStore(failures=1), FakeTopic(), []
 
     def watched_store(outcomes: Sequence[Outcome]) -> int:
-        seen.append(progress.step)
+        seen.append(dict(progress.steps))
         return store(outcomes)
 
     class WatchedTopic(FakeTopic):
         async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]:
-            seen.append(progress.step)
+            seen.append(dict(progress.steps))
             return await super().send(key=key, value=value)
 
     handler = BatchHandler(
@@ -154,8 +155,8 @@ def test_each_step_of_a_batch_is_marked_for_the_health_probes() -> None:
     )
     asyncio.run(handler.handle(_records()))
     assert seen == [
-        Step("write_verdicts", since=1.0),
-        Step("write_verdicts", since=1.0, failures=1),
-        Step("publish", since=2.0),
+        {"delivery": Step("write_verdicts", since=2.0)},
+        {"delivery": Step("write_verdicts", since=2.0, failures=1)},
+        {"delivery": Step("publish", since=3.0)},
     ]
-    assert progress.step is None
+    assert progress.steps == {}

@@ -105,6 +105,7 @@ def test_waiting_out_an_outage_is_not_ready_but_live() -> None:
     health = _ready_health(clock)
     progress = health.progress
     progress.enter("score")
+    progress.leave("score")
     progress.enter("write_verdicts")
     assert health.ready().ok
     progress.failed("write_verdicts")
@@ -118,7 +119,7 @@ def test_waiting_out_an_outage_is_not_ready_but_live() -> None:
     clock.now += DELIVERY_SLOW_S + 1
     assert health.ready().checks["delivery"].detail == "publish waiting for 11 s"
     assert health.live().ok
-    progress.leave()
+    progress.leave("publish")
     assert health.ready().ok
 
 
@@ -132,7 +133,28 @@ def test_a_batch_scoring_past_its_bound_is_not_live() -> None:
     assert health.live().ok
     clock.now += 2
     batch = health.live().checks["batch"]
-    assert batch == Check(False, "scoring one batch for 61 s, over its 60 s bound")
+    assert batch == Check(False, "score of one batch for 61 s, over its 60 s bound")
+
+
+def test_each_stage_of_the_pipeline_is_watched_on_its_own() -> None:
+    """One batch decoding, one in the model and one retrying its write: the first two are
+    held to the scoring bound, the third to the delivery check; leaving one stage keeps
+    the others."""
+    clock = Clock()
+    health = _ready_health(clock)
+    progress = health.progress
+    progress.enter("score")
+    clock.now += 30
+    progress.enter("prepare")
+    progress.enter("write_verdicts")
+    progress.failed("write_verdicts")
+    assert health.live().checks["batch"] == Check(True, "score for 30.0 s, prepare for 0.0 s")
+    assert not health.ready().checks["delivery"].ok
+    clock.now += 31
+    assert not health.live().ok
+    progress.leave("score")
+    assert health.live().ok
+    assert set(progress.steps) == {"prepare", "delivery"}
 
 
 def test_the_scoring_bound_covers_fetch_retries_and_the_model() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -116,3 +118,28 @@ def test_unmigrated_database_is_refused(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
     check_schema_current(engine)
     engine.dispose()
+
+
+def test_a_batch_is_written_in_one_round_trip(database_url: str, tmp_path: Path) -> None:
+    """Verdicts and review items of a batch reach Postgres in one request and one reply: the
+    client's protocol trace shows a single Sync or Query, no BEGIN and no COMMIT."""
+    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
+    with engine.connect():
+        pass  # the dialect's first-connection queries, before the trace starts
+    trace = (tmp_path / "libpq.trace").open("w")
+
+    @sa.event.listens_for(engine, "connect")
+    def traced(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.pgconn.trace(trace.fileno())
+
+    batch = [_outcome(f"p{i}", "mismatch" if i % 3 else "match", 0.1 * i) for i in range(9)]
+    assert write_outcomes(engine, batch) == 9
+    sa.event.remove(engine, "connect", traced)
+    trace.close()
+    # libpq's trace: a timestamp, F (sent) or B (received), the length, the message
+    lines = [line.split("\t") for line in (tmp_path / "libpq.trace").read_text().splitlines()]
+    sent = [fields[3] for fields in lines if fields[1] == "F"]
+    requests = [m for m in sent if m in ("Sync", "Query")]
+    assert len(requests) == 1, sent
+    assert not any("BEGIN" in m or "COMMIT" in m for m in sent), sent
+    assert len(_rows(engine, "verdicts")) == 9 and len(_rows(engine, "review_items")) == 6

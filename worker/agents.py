@@ -2,11 +2,13 @@
 
 Everything Faust-specific lives here; swapping Faust for another consumer
 means replacing this file. The order inside a batch is what makes delivery
-safe: the handler scores (in an executor, so heartbeats and commits keep
+safe: the handler scores (in executors, so heartbeats and commits keep
 running), writes verdicts to Postgres, sends flags and dead letters and waits
-for the broker to accept them; only then are the events acknowledged. Faust
-commits acknowledged offsets only, so a worker killed at any step redelivers
-the batch, and the idempotent writes absorb the repeat.
+for the broker to accept them; only then are the events acknowledged. Up to
+three batches are in flight at once, one per stage (`worker.pipeline`), and
+they are acknowledged in the order they arrived. Faust commits acknowledged
+offsets only, so a worker killed at any step redelivers every batch not yet
+durable, and the idempotent writes absorb the repeat.
 
 The adapter also tells `worker.health` what only Faust knows: that the event
 loop runs, and when the consumer's partitions are assigned or revoked.
@@ -18,6 +20,7 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import gettempdir
@@ -35,6 +38,7 @@ from worker.health import Health
 from worker.kafka_security import KafkaSecurity, ssl_context
 from worker.metrics import Metrics
 from worker.persistence import write_outcomes
+from worker.pipeline import Pipeline
 from worker.scoring import Scorer
 from worker.verdicts import Record
 
@@ -52,6 +56,22 @@ def _abandon(size: int, exc: BatchAbandoned) -> NoReturn:
     log.error("batch_abandoned", size=size, reason=str(exc), exit_status=EXIT_ABANDONED)
     logging.shutdown()
     os._exit(EXIT_ABANDONED)
+
+
+def _record(event: faust.EventT[bytes]) -> Record:
+    message = event.message
+    return Record(
+        payload=event.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp=datetime.fromtimestamp(message.timestamp, UTC),
+    )
+
+
+async def _ack_all(stream: faust.StreamT[bytes], events: Sequence[faust.EventT[bytes]]) -> None:
+    for event in events:
+        await stream.ack(event)
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
@@ -134,27 +154,19 @@ def create_app(
         health.loop_started(asyncio.get_running_loop())
         # faust's StreamT declares `take` but not `take_events`, which Stream has
         batches = stream.take_events(settings.max_batch, within=within)  # type: ignore[attr-defined]
-        async for events in batches:
-            # take_events acknowledges a batch in a `finally`, even when this body is
-            # cancelled mid-write; an extra reference keeps those offsets uncommitted
-            # until the batch is durable and released below.
-            for event in events:
-                event.message.incref()
-            records = [
-                Record(
-                    payload=event.value,
-                    topic=event.message.topic,
-                    partition=event.message.partition,
-                    offset=event.message.offset,
-                    timestamp=datetime.fromtimestamp(event.message.timestamp, UTC),
+        pipeline = Pipeline(handler, on_abandoned=_abandon)
+        try:
+            async for events in batches:
+                # take_events acknowledges a batch in a `finally` once the next one is
+                # taken; an extra reference keeps its offsets uncommitted until the batch
+                # is durable and released by `on_durable`, in arrival order.
+                for event in events:
+                    event.message.incref()
+                await pipeline.submit(
+                    [_record(event) for event in events],
+                    on_durable=functools.partial(_ack_all, stream, events),
                 )
-                for event in events
-            ]
-            try:
-                await handler.handle(records)
-            except BatchAbandoned as exc:
-                _abandon(len(records), exc)
-            for event in events:
-                await stream.ack(event)
+        finally:
+            pipeline.cancel()
 
     return app

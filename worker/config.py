@@ -71,6 +71,7 @@ class Settings:
     providers: tuple[str, ...] = PROVIDERS
     trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR
     cpu_threads: int = 0
+    decode_threads: int = 0
     cpu_memory_arena: bool = True
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
     session_timeout_s: float = 10.0

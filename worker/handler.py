@@ -15,15 +15,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from aiokafka.errors import KafkaError
 
 from worker.config import Settings
+from worker.cores import usable_cores
 from worker.errors import BrokerUnavailable
 from worker.fetch import ImageFetcher
-from worker.judge import judge
+from worker.judge import Prepared, prepare, score_prepared
 from worker.messages import encode, verdict_message
 from worker.metrics import Metrics
 from worker.progress import BatchProgress
@@ -31,7 +33,7 @@ from worker.retry import retry_forever
 from worker.scoring import Scorer
 from worker.verdicts import Outcome, Record, last_outcomes
 
-__all__ = ["BatchHandler", "Store", "Topic"]
+__all__ = ["BatchHandler", "Decoded", "Judged", "Store", "Topic"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +50,35 @@ Store = Callable[[Sequence[Outcome]], int]
 raises an `InfraError` (retried) when it could not. Called from the handler's executor thread."""
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A batch after `prepare`: its records, their decoded pictures, when it arrived."""
+
+    records: Sequence[Record]
+    prepared: Prepared
+    received: float
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A batch after the model: its outcomes, and when it arrived and was scored."""
+
+    records: Sequence[Record]
+    outcomes: list[Outcome]
+    received: float
+    score_s: float
+
+
 class BatchHandler:
-    """Score, persist and publish one batch; returns only once all of it is durable.
+    """Score, persist and publish batches; a batch is acknowledged only once all of it is
+    durable.
+
+    A batch passes three stages, each with threads of its own: `prepare`
+    (parse, fetch, decode, on a pool sized to the cores), `infer` (the model,
+    on one thread) and `deliver` (write, then publish, on one thread for the
+    database). `handle` runs them one after another; `worker.pipeline` runs
+    each stage on a different batch at once, so the model never waits on the
+    CPU work or the I/O around it.
 
     A post that appears more than once in a batch is decided by its last
     record (`last_outcomes`): that one outcome gives its verdict row, its
@@ -74,7 +103,12 @@ class BatchHandler:
         self._store = store
         self._flags = flags
         self._dead_letters = dead_letters
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-batch")
+        self._decoders = ThreadPoolExecutor(
+            max_workers=settings.decode_threads or usable_cores(),
+            thread_name_prefix="itmguard-decode",
+        )
+        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-model")
+        self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="itmguard-db")
         self.fetcher = ImageFetcher(settings.fetch_limits)
         self._batches = 0
         self._stopping = stopping
@@ -98,30 +132,60 @@ class BatchHandler:
             BatchAbandoned: the worker is stopping and Postgres or the broker stayed
                 unreachable past the shutdown grace; nothing may be acknowledged.
         """
+        judged = await self.infer(await self.prepare(records))
+        await self.deliver(judged)
+        return judged.outcomes
+
+    async def prepare(self, records: Sequence[Record]) -> Decoded:
+        """Parse, fetch and decode `records`, on the decode pool."""
+        received = time.monotonic()
+        self.progress.enter("prepare")
+        try:
+            prepared = await prepare(
+                records,
+                self.fetcher,
+                self._settings.fetch_limits,
+                input_size=self._scorer.input_size,
+                executor=self._decoders,
+            )
+        finally:
+            self.progress.leave("prepare")
+        return Decoded(records, prepared, received)
+
+    async def infer(self, batch: Decoded) -> Judged:
+        """Score a prepared batch in one model call, on the model's thread."""
+        loop = asyncio.get_running_loop()
+        self.progress.enter("score")
+        try:
+            outcomes = await loop.run_in_executor(
+                self._model, score_prepared, batch.prepared, self._scorer
+            )
+        finally:
+            self.progress.leave("score")
+        return Judged(batch.records, outcomes, batch.received, time.monotonic() - batch.received)
+
+    async def deliver(self, judged: Judged) -> None:
+        """Write the batch's verdicts, then publish its flags and dead letters; returns once
+        Postgres has committed and the broker has accepted everything.
+
+        Raises:
+            BatchAbandoned: as `handle`.
+        """
         self._batches += 1
         with structlog.contextvars.bound_contextvars(batch=self._batches):
             try:
-                return await self._handle(records)
+                await self._deliver(judged)
             finally:
-                self.progress.leave()
+                self.progress.leave("publish")
 
-    async def _handle(self, records: Sequence[Record]) -> list[Outcome]:
+    async def _deliver(self, judged: Judged) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        self.progress.enter("score")
-        outcomes = await judge(
-            records,
-            self._scorer,
-            self.fetcher,
-            self._settings.fetch_limits,
-            executor=self._executor,
-        )
-        scored = loop.time()
+        outcomes = judged.outcomes
         final = last_outcomes(outcomes)
         _log_outcomes(outcomes)
 
         async def write() -> int:
-            return await loop.run_in_executor(self._executor, self._store, final)
+            return await loop.run_in_executor(self._database, self._store, final)
 
         self.progress.enter("write_verdicts")
         await retry_forever(
@@ -136,26 +200,26 @@ class BatchHandler:
         )
         verdicts = [o.verdict for o in final if o.verdict is not None]
         reasons = [str(o.dead_letter["reason"]) for o in outcomes if o.dead_letter is not None]
+        total_s = time.monotonic() - judged.received
         self.metrics.record_batch(
-            size=len(records),
+            size=len(judged.records),
             verdicts=verdicts,
             dead_letter_reasons=reasons,
-            score_s=scored - started,
-            total_s=loop.time() - started,
+            score_s=judged.score_s,
+            total_s=total_s,
         )
         counts = {"match": 0, "mismatch": 0, "error": 0}
         for verdict in verdicts:
             counts[verdict.verdict] += 1
         log.info(
             "batch_done",
-            size=len(records),
+            size=len(judged.records),
             superseded=sum(o.verdict is not None for o in outcomes) - len(final),
             dead_letter=len(reasons),
-            score_ms=round((scored - started) * 1000, 1),
-            total_ms=round((loop.time() - started) * 1000, 1),
+            score_ms=round(judged.score_s * 1000, 1),
+            total_ms=round(total_s * 1000, 1),
             **counts,
         )
-        return outcomes
 
     def _count_retry(self, step: str) -> None:
         self.metrics.retries.labels(step).inc()

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from worker.config import FetchLimits
 from worker.errors import ItmguardError
-from worker.progress import DELIVERY_STEPS, BatchProgress
+from worker.progress import DELIVERY, BatchProgress
 
 __all__ = [
     "DATABASE_CACHE_S",
@@ -54,6 +54,9 @@ DATABASE_CACHE_S = 5.0
 """How long one database check answers /readyz, however many probes arrive."""
 DELIVERY_SLOW_S = 10.0
 """A write or publish pending longer than this is waiting on its dependency: not ready."""
+SCORING_STEPS = ("prepare", "score")
+"""Steps of CPU and model work, bounded by the scoring bound (a stuck one means a wedged worker)."""
+
 SCORING_FLOOR_S = 120.0
 """The part of the scoring bound that covers decoding, backoff and a busy machine."""
 SCORING_WARMUPS = 10.0
@@ -203,17 +206,22 @@ class Health:
         return Check(True, f"answered in {(time.monotonic() - started) * 1000:.1f} ms")
 
     def _batch(self) -> Check:
-        step = self.progress.step
-        if step is None:
+        """Not live when a batch has been in `prepare` or `score` past the scoring bound."""
+        steps = [s for s in self.progress.steps.values() if s.name in SCORING_STEPS]
+        if not steps:
             return Check(True, "no batch in flight")
-        age, bound = self._clock() - step.since, self._scoring_bound_s
-        if step.name == "score" and bound is not None and age > bound:
-            return Check(False, f"scoring one batch for {age:.0f} s, over its {bound:.0f} s bound")
-        return Check(True, f"{step.name} for {age:.1f} s")
+        now, bound = self._clock(), self._scoring_bound_s
+        for step in steps:
+            age = now - step.since
+            if bound is not None and age > bound:
+                return Check(
+                    False, f"{step.name} of one batch for {age:.0f} s, over its {bound:.0f} s bound"
+                )
+        return Check(True, ", ".join(f"{s.name} for {now - s.since:.1f} s" for s in steps))
 
     def _delivery(self) -> Check:
-        step = self.progress.step
-        if step is None or step.name not in DELIVERY_STEPS:
+        step = self.progress.steps.get(DELIVERY)
+        if step is None:
             return Check(True, "nothing waiting to be written or published")
         age = self._clock() - step.since
         if step.failures:

@@ -3,15 +3,17 @@
 This is the one front door to scoring. The Faust agent, `itmguard score`,
 `itmguard calibrate` and the benchmarks all call `judge` (or `judge_batches`
 where there is no event loop), and differ only in where records come from and
-where outcomes go. There is no Kafka, SQL or HTTP in here: the scorer and the
-image fetcher are handed in. Every record yields exactly one `Outcome`; a bad
-record never takes its batch down with it.
+where outcomes go. The worker calls its two halves apart: `prepare` (parse,
+fetch, decode: CPU work spread over a pool) and `score_prepared` (the model
+call, on one thread), so that one batch decodes while the one before it is in
+inference. There is no Kafka, SQL or HTTP in here: the scorer and the image
+fetcher are handed in. Every record yields exactly one `Outcome`; a bad record
+never takes its batch down with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -32,7 +34,7 @@ from worker.verdicts import Outcome, Record, ReviewContent, Verdict, decide
 if TYPE_CHECKING:
     from worker.scoring import Scorer
 
-__all__ = ["Clock", "Fetcher", "judge", "judge_batches"]
+__all__ = ["Clock", "Fetcher", "Prepared", "judge", "judge_batches", "prepare", "score_prepared"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +57,29 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """A record whose picture decoded: all the model needs."""
+
+    record: Record
+    event: PostEvent
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """A record that cannot be scored, and why."""
+
+    record: Record
+    post_id: str | None
+    event: PostEvent | None
+    error: InputError
+
+
+Prepared = Sequence[_Ready | _Rejected]
+"""A batch after `prepare`, one entry per record, in record order."""
+
+
 async def judge(
     records: Sequence[Record],
     scorer: Scorer,
@@ -70,12 +95,11 @@ async def judge(
     None), so an event loop that also heartbeats and commits never waits on them.
     URL images are fetched on the loop, each distinct URL once.
     """
+    prepared = await prepare(
+        records, fetcher, limits, input_size=scorer.input_size, executor=executor
+    )
     loop = asyncio.get_running_loop()
-    parsed = await loop.run_in_executor(executor, _parse_all, records)
-    urls = list(dict.fromkeys(p.event.image.url for p in parsed if p.event and p.event.image.url))
-    fetched = await fetcher.fetch_all(urls) if urls else {}
-    score = functools.partial(_score_parsed, parsed, scorer, limits, fetched, clock)
-    return await loop.run_in_executor(executor, score)
+    return await loop.run_in_executor(executor, score_prepared, prepared, scorer, clock)
 
 
 def judge_batches(
@@ -90,69 +114,75 @@ def judge_batches(
             runner.run(fetcher.close())
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    """A record after validation: its event, or the reason it has none."""
+async def prepare(
+    records: Sequence[Record],
+    fetcher: Fetcher,
+    limits: FetchLimits,
+    *,
+    input_size: tuple[int, int] | None,
+    executor: Executor | None = None,
+) -> Prepared:
+    """Parse every record, fetch its picture and decode it no larger than `input_size`
+    needs; each picture is decoded as its own task in `executor`, so a pool of threads
+    decodes a batch in parallel (Pillow releases the GIL while it decodes and resizes)."""
+    loop = asyncio.get_running_loop()
+    parsed = await loop.run_in_executor(executor, _parse_all, records)
+    events = [e for _, e in parsed if isinstance(e, PostEvent)]
+    urls = list(dict.fromkeys(e.image.url for e in events if e.image.url))
+    fetched = await fetcher.fetch_all(urls) if urls else {}
+    min_size = None if input_size is None else decode_size(input_size)
+    return await asyncio.gather(
+        *(
+            loop.run_in_executor(executor, _decode, item, limits, fetched, min_size)
+            for item in parsed
+        )
+    )
 
-    record: Record
-    event: PostEvent | None
-    error: InputError | None
+
+def score_prepared(prepared: Prepared, scorer: Scorer, clock: Clock = _utc_now) -> list[Outcome]:
+    """One outcome per entry of `prepared`, in its order: all decoded pictures of the batch
+    go to the model in one call."""
+    ready = [item for item in prepared if isinstance(item, _Ready)]
+    scores = iter(_score_all(ready, scorer))
+    outcomes = []
+    for item in prepared:
+        if isinstance(item, _Ready):
+            outcomes.append(_scored(item, next(scores), scorer, clock()))
+        else:
+            outcomes.append(
+                _failed(item.record, item.post_id, item.error, scorer, clock(), item.event)
+            )
+    return outcomes
 
 
-@dataclass(frozen=True)
-class _Ready:
-    record: Record
-    event: PostEvent
-    image: Image.Image
-
-
-def _parse_all(records: Sequence[Record]) -> list[_Parsed]:
-    parsed = []
+def _parse_all(records: Sequence[Record]) -> list[tuple[Record, PostEvent | InputError]]:
+    parsed: list[tuple[Record, PostEvent | InputError]] = []
     for record in records:
         try:
-            parsed.append(_Parsed(record, parse_post_event(record.payload), None))
+            parsed.append((record, parse_post_event(record.payload)))
         except InputError as exc:
-            parsed.append(_Parsed(record, None, exc))
+            parsed.append((record, exc))
     return parsed
 
 
-def _score_parsed(
-    parsed: Sequence[_Parsed],
-    scorer: Scorer,
-    limits: FetchLimits,
-    fetched: Mapping[str, bytes | InputError],
-    clock: Clock,
-) -> list[Outcome]:
-    outcomes: dict[int, Outcome] = {}
-    ready: list[tuple[int, _Ready]] = []
-    min_size = None if scorer.input_size is None else decode_size(scorer.input_size)
-    for i, item in enumerate(parsed):
-        try:
-            ready.append((i, _decode(item, limits, fetched, min_size)))
-        except InputError as exc:
-            post_id = item.event.post_id if item.event else peek_post_id(item.record.payload)
-            outcomes[i] = _failed(item.record, post_id, exc, scorer, clock(), item.event)
-    scores = _score_all([item for _, item in ready], scorer)
-    for (index, ready_item), score in zip(ready, scores, strict=True):
-        outcomes[index] = _scored(ready_item, score, scorer, clock())
-    return [outcomes[i] for i in range(len(parsed))]
-
-
 def _decode(
-    item: _Parsed,
+    item: tuple[Record, PostEvent | InputError],
     limits: FetchLimits,
     fetched: Mapping[str, bytes | InputError],
     min_size: tuple[int, int] | None,
-) -> _Ready:
-    if item.error is not None:
-        raise item.error
-    assert item.event is not None
-    source = item.event.image
+) -> _Ready | _Rejected:
+    record, event = item
+    if isinstance(event, InputError):
+        return _Rejected(record, peek_post_id(record.payload), None, event)
+    source = event.image
     data = source.data if source.url is None else fetched[source.url]
     if isinstance(data, InputError):
-        raise data
+        return _Rejected(record, event.post_id, event, data)
     assert data is not None
-    return _Ready(item.record, item.event, decode_image(data, limits, min_size=min_size))
+    try:
+        return _Ready(record, event, decode_image(data, limits, min_size=min_size))
+    except InputError as exc:
+        return _Rejected(record, event.post_id, event, exc)
 
 
 def _score_all(items: list[_Ready], scorer: Scorer) -> list[float]:

@@ -111,7 +111,7 @@ def build_app(settings: Settings) -> faust.App:
     metrics.warmup_seconds.set(seconds)
     scale = max(1.0, settings.max_batch / batch)
     health.warmed_up(seconds, scoring_bound_s(settings.fetch_limits, seconds, scale))
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pre_ping=False)
     check_schema_current(engine)
     log.info("worker_configured", settings=repr(settings), metrics_port=settings.metrics_port)
     from worker.agents import create_app

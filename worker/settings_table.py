@@ -178,6 +178,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "which in a container is the node's, not its CPU limit",
     ),
     SettingSpec(
+        "ITMGUARD_DECODE_THREADS",
+        "decode_threads",
+        int_in(0, 1024),
+        "threads that decode pictures, beside the model's; 0: one per usable core "
+        "(the CPU limit in a container)",
+    ),
+    SettingSpec(
         "ITMGUARD_CPU_MEMORY_ARENA",
         "cpu_memory_arena",
         boolean,
