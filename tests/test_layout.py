@@ -88,7 +88,7 @@ def test_the_command_line_lists_every_command_without_torch_or_export() -> None:
         [sys.executable, "-c", script, "--help"], capture_output=True, text=True, timeout=60
     )
     assert listed.returncode == 0, listed.stderr
-    for command in ("worker", "score", "db", "review", "demo", "export", "calibrate"):
+    for command in ("worker", "score", "db", "review", "demo", "export", "calibrate", "compare"):
         assert f"  {command} " in listed.stdout
     refused = subprocess.run(
         [sys.executable, "-c", script, "export", "blip", "--out", "x"],

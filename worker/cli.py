@@ -1,9 +1,10 @@
 """The `itmguard` command: parses flags, loads settings, calls one function.
 
-The worker's own commands live here. The review queue's, the demo's and the
-export step's commands live beside the code they drive and are imported only
-when one of them is called (or listed in `--help`), so `itmguard worker`
-never loads torch, the web app or the demo's services.
+The worker's own commands live here. The review queue's, the model
+comparison's, the demo's and the export step's commands live beside the code
+they drive and are imported only when one of them is called (or listed in
+`--help`), so `itmguard worker` never loads torch, matplotlib, the web app or
+the demo's services.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["main"]
 
 _LAZY = {
     "calibrate": ("export.commands", "calibrate"),
+    "compare": ("worker.compare.commands", "compare"),
     "demo": ("worker.demo.commands", "demo"),
     "export": ("export.commands", "export"),
     "review": ("worker.review.commands", "review"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TextIO
 
 import sqlalchemy as sa
@@ -33,7 +34,13 @@ class ExportCounts:
     unusable: int = 0
 
 
-def export_labels(engine: sa.Engine, out: TextIO, *, model_id: str | None = None) -> ExportCounts:
+def export_labels(
+    engine: sa.Engine,
+    out: TextIO,
+    *,
+    model_id: str | None = None,
+    since: datetime | None = None,
+) -> ExportCounts:
     """Write decided items as labelled post events for `itmguard calibrate --labelled`.
 
     One JSON line per post: the post event (`post_id`, `caption`, `image` with
@@ -42,6 +49,11 @@ def export_labels(engine: sa.Engine, out: TextIO, *, model_id: str | None = None
     items carry no label and are left out. A post reviewed under several
     models keeps its latest decision; when its decisions disagree it counts
     as a conflict. `metadata.review` says where each label came from.
+
+    Args:
+        model_id: only items queued by this model's flags.
+        since: only decisions made at or after this time (timezone-aware), so a
+            recalibration can use the labels of the traffic since a change.
     """
     counts = ExportCounts()
     where = "status = 'decided'"
@@ -49,6 +61,9 @@ def export_labels(engine: sa.Engine, out: TextIO, *, model_id: str | None = None
     if model_id is not None:
         where += " AND model_id = :model_id"
         params["model_id"] = model_id
+    if since is not None:
+        where += " AND decided_at >= :since"
+        params["since"] = since
     with translated(), engine.connect() as conn:
         counts.escalated = conn.execute(
             sa.text(f"SELECT count(*) FROM review_items WHERE {where} AND decision = 'escalate'"),
