@@ -147,9 +147,10 @@ def test_every_base_image_is_pinned_to_a_version_tag(name: str) -> None:
         assert source in names, f"COPY --from={source} names no stage"
 
 
-def test_the_bases_are_python_311_slim_and_cuda_12_runtime() -> None:
+def test_the_bases_are_python_311_slim_and_cuda_12_base() -> None:
     """The CPU image runs on a Python slim image of the Python version the package requires, and
-    the GPU image on a CUDA 12 cuDNN runtime for Ubuntu 24.04 with that Python installed by uv."""
+    the GPU image on CUDA 12's base image for Ubuntu 24.04 (the GPU libraries come from wheels)
+    with that Python installed by uv."""
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires == ">=3.11,<3.12"
     for stage in parse("Dockerfile"):
@@ -158,7 +159,7 @@ def test_the_bases_are_python_311_slim_and_cuda_12_runtime() -> None:
     runtime = [s.base for s in gpu if s.base.startswith("nvidia/cuda:")]
     assert len(runtime) == 2
     for base in runtime:
-        assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu24\.04", base)
+        assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-base-ubuntu24\.04", base)
     uv = [s.base for s in gpu if s.base.startswith("ghcr.io/astral-sh/uv:")]
     assert len(uv) == 1
     runs = " ".join(args for s in gpu for args in s.all("RUN"))
@@ -228,14 +229,29 @@ def test_the_entrypoint_is_itmguard_and_the_default_command_the_worker(name: str
     assert any(a.split()[1:] == ["/opt/venv", "/opt/venv"] for a in stage.all("COPY"))
 
 
-def test_the_gpu_image_puts_tensorrt_on_the_library_path() -> None:
-    """The GPU image pins onnxruntime-gpu to a CUDA 12 build and TensorRT 10, and puts the
-    TensorRT wheel's libraries on LD_LIBRARY_PATH."""
+def test_the_gpu_image_installs_the_gpu_checks_pins() -> None:
+    """The GPU image installs exactly the pins of benchmarks/gpu-requirements.txt, which
+    benchmarks/gpu_check.sh measures: a CUDA 12 onnxruntime-gpu with its CUDA and cuDNN wheels,
+    and TensorRT 10."""
     (line,) = install_lines("Dockerfile.gpu")
-    assert "'onnxruntime-gpu>=1.22,<1.27'" in line
-    assert "'tensorrt-cu12-libs>=10.9,<11'" in line
+    pins = [
+        req.strip()
+        for req in (ROOT / "benchmarks" / "gpu-requirements.txt").read_text().splitlines()
+        if req.strip() and not req.startswith("#")
+    ]
+    assert pins == ["onnxruntime-gpu[cuda,cudnn]==1.26.0", "tensorrt-cu12-libs==10.16.1.11"]
+    for pin in pins:
+        assert f"'{pin}'" in line
+
+
+def test_the_gpu_image_puts_every_gpu_wheels_libraries_on_the_library_path() -> None:
+    """TensorRT's and each CUDA and cuDNN wheel's library folder is on LD_LIBRARY_PATH, where
+    ONNX Runtime's providers look for them."""
     paths = final("Dockerfile.gpu").env()["LD_LIBRARY_PATH"].split(":")
-    assert "/opt/venv/lib/python3.11/site-packages/tensorrt_libs" in paths
+    site = "/opt/venv/lib/python3.11/site-packages"
+    assert f"{site}/tensorrt_libs" in paths
+    for wheel in ("cudnn", "cublas", "cuda_runtime", "cuda_nvrtc", "cufft", "curand"):
+        assert f"{site}/nvidia/{wheel}/lib" in paths
 
 
 @pytest.mark.parametrize("name", IMAGES)

@@ -270,17 +270,19 @@ def test_unoptimised_export_keeps_the_plain_graph(exported: Exported, tmp_path: 
 def test_tensorrt_profile_and_caches_are_recorded_and_used(
     exported: Exported, tmp_path: Path
 ) -> None:
-    """bundle.json's TensorRT profile becomes provider options with per-model cache folders."""
-    from worker.scoring import tensorrt_options
+    """bundle.json's TensorRT profile becomes provider options with cache folders under the
+    engine directory (named per model, GPU and release by `worker.providers.EngineKey`)."""
+    from worker.config import TensorRtTuning
+    from worker.providers import tensorrt_options
 
     trt = exported.spec.raw["tensorrt"]
     assert trt["profile"] == {"batch": [1, 8, 32], "sequence": [1, 32, 64]}
-    options = tensorrt_options(load_bundle(exported.bundle), tmp_path)
+    cache = tmp_path / "engine-key"
+    options = tensorrt_options(load_bundle(exported.bundle).spec, cache, TensorRtTuning())
     assert options["trt_profile_max_shapes"] == (
         "pixel_values:32x3x64x64,input_ids:32x64,attention_mask:32x64"
     )
     assert options["trt_profile_min_shapes"].startswith("pixel_values:1x3x64x64")
-    cache = tmp_path / exported.spec.model_sha256[:16]
     assert options["trt_engine_cache_path"] == str(cache / "engines")
     assert (cache / "timing").is_dir() and options["trt_engine_cache_enable"] is True
 

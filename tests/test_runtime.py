@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 from worker.bundle import load_bundle
 from worker.cli import main
 from worker.errors import WarmupFailed
-from worker.runtime import warm_up, warmup_shape
+from worker.metrics import Metrics
+from worker.runtime import engine_seconds, warm_up, warmup_shape
 from worker.scoring import OnnxScorer
 
 SHAPES_BUNDLE = Path(__file__).parent / "data" / "shapes-itm"
@@ -76,3 +77,26 @@ def test_a_bundle_that_cannot_run_its_profile_is_refused_at_start(tmp_path: Path
         result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_a_tensorrt_start_logs_how_long_its_engine_took_and_whether_it_was_cached(
+    tmp_path: Path,
+) -> None:
+    """With TensorRT, the warm-up also logs `tensorrt_engine_ready`: the session's opening plus
+    the warm-up batch, and whether the engine was built (cold) or loaded (warm)."""
+    scorer = OnnxScorer(load_bundle(SHAPES_BUNDLE), providers=("cpu",))
+    scorer.engine_cache, scorer.engine_dir = "cold", tmp_path
+    with capture_logs() as logs:
+        _, seconds = warm_up(scorer, max_batch=32)
+    (ready,) = [entry for entry in logs if entry["event"] == "tensorrt_engine_ready"]
+    assert (ready["cache"], ready["engine_dir"]) == ("cold", str(tmp_path))
+    assert ready["ms"] == round(engine_seconds(scorer, seconds) * 1000, 1)
+    assert engine_seconds(scorer, seconds) == scorer.open_seconds + seconds > seconds
+
+
+def test_the_engine_time_is_a_metric_labelled_by_cache_state() -> None:
+    """itmguard_tensorrt_engine_seconds carries a `cache` label, cold or warm."""
+    metrics = Metrics()
+    metrics.tensorrt_engine_seconds.labels("warm").set(1.5)
+    value = metrics.registry.get_sample_value("itmguard_tensorrt_engine_seconds", {"cache": "warm"})
+    assert value == 1.5

@@ -63,6 +63,13 @@ class Metrics:
             "Time the start-up warm-up batch took, at the shape real batches will have.",
             registry=r,
         )
+        self.tensorrt_engine_seconds = Gauge(
+            "itmguard_tensorrt_engine_seconds",
+            "Time the start spent on the TensorRT engine (session opening plus warm-up): "
+            "cache=cold when it was built, cache=warm when loaded from the engine cache.",
+            ["cache"],
+            registry=r,
+        )
 
     def record_batch(
         self,

@@ -18,7 +18,15 @@ from worker.metrics import Metrics
 from worker.persistence import check_schema_current, create_engine, create_probe_engine
 from worker.scoring import ORT_PROVIDERS, OnnxScorer
 
-__all__ = ["build_app", "check_max_batch", "open_scorer", "run_worker", "warm_up", "warmup_shape"]
+__all__ = [
+    "build_app",
+    "check_max_batch",
+    "engine_seconds",
+    "open_scorer",
+    "run_worker",
+    "warm_up",
+    "warmup_shape",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +35,8 @@ def open_scorer(settings: Settings) -> OnnxScorer:
     """Load and check the bundle named by the settings.
 
     Raises:
-        ConfigError: no bundle is configured, or no allowed provider is available.
+        ConfigError: no bundle is configured, no allowed provider is available, or the
+            required provider is missing or could not be loaded.
         BundleError: the bundle is missing files, has bad fields or a wrong hash.
     """
     if settings.bundle is None:
@@ -40,6 +49,8 @@ def open_scorer(settings: Settings) -> OnnxScorer:
         trt_cache_dir=settings.trt_cache_dir,
         cpu_threads=settings.cpu_threads,
         cpu_memory_arena=settings.cpu_memory_arena,
+        require_provider=settings.require_provider,
+        tensorrt=settings.tensorrt,
     )
     check_max_batch(bundle.spec, scorer.provider, settings.max_batch)
     return scorer
@@ -74,7 +85,9 @@ def warmup_shape(spec: BundleSpec, max_batch: int) -> tuple[int, int]:
 def warm_up(scorer: OnnxScorer, max_batch: int) -> tuple[int, float]:
     """Score one batch at `warmup_shape`, so the first real batch is not the slow one.
 
-    Returns the batch size and the seconds it took.
+    Returns the batch size and the seconds it took. On TensorRT it also logs
+    `tensorrt_engine_ready`: the session's opening plus this batch, the time a start spends
+    on the engine, built ("cold") or loaded from the engine cache ("warm").
 
     Raises:
         WarmupFailed: the model failed on it; the worker must not start.
@@ -84,7 +97,21 @@ def warm_up(scorer: OnnxScorer, max_batch: int) -> tuple[int, float]:
     scorer.warm_up(batch, sequence)
     seconds = time.perf_counter() - started
     log.info("warmup_done", ms=round(seconds * 1000, 1), batch=batch, sequence=sequence)
+    if scorer.engine_cache is not None:
+        log.info(
+            "tensorrt_engine_ready",
+            cache=scorer.engine_cache,
+            ms=round(engine_seconds(scorer, seconds) * 1000, 1),
+            engine_dir=str(scorer.engine_dir),
+        )
     return batch, seconds
+
+
+def engine_seconds(scorer: OnnxScorer, warmup_s: float) -> float:
+    """Seconds a start spent on its TensorRT engine: the session's opening, where ONNX Runtime
+    builds or loads an engine with explicit profiles, plus the warm-up batch, where it would
+    build one without them."""
+    return scorer.open_seconds + warmup_s
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -109,6 +136,10 @@ def build_app(settings: Settings) -> faust.App:
     health.bundle_loaded(scorer.model_id, scorer.provider)
     batch, seconds = warm_up(scorer, settings.max_batch)
     metrics.warmup_seconds.set(seconds)
+    if scorer.engine_cache is not None:
+        metrics.tensorrt_engine_seconds.labels(scorer.engine_cache).set(
+            engine_seconds(scorer, seconds)
+        )
     scale = max(1.0, settings.max_batch / batch)
     health.warmed_up(seconds, scoring_bound_s(settings.fetch_limits, seconds, scale))
     engine = create_engine(settings.database_url, pre_ping=False)

@@ -1,23 +1,35 @@
 """Score (image, caption) pairs with an ONNX Runtime session over a model bundle.
 
 Execution providers are tried in the order TensorRT → CUDA → CPU, keeping
-those the installed onnxruntime offers and the settings allow.
+those the installed onnxruntime offers and the settings allow; `worker.providers`
+chooses them and builds their options. On a GPU provider each model call goes
+through an IO binding (`worker.iobinding`); on the CPU through `session.run`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import structlog
 from PIL import Image
 
 from worker.bundle import Bundle
-from worker.config import DEFAULT_TRT_CACHE_DIR
+from worker.config import DEFAULT_TENSORRT, DEFAULT_TRT_CACHE_DIR, PROVIDERS, TensorRtTuning
 from worker.errors import BundleFieldError, ConfigError, WarmupFailed
+from worker.iobinding import BoundRun, CudaHostPinner, HostStaging
 from worker.preprocess import preprocess_images
+from worker.providers import (
+    DEVICE_OF,
+    ORT_PROVIDERS,
+    EngineKey,
+    choose_providers,
+    engine_cache_warm,
+    provider_options,
+)
 
 try:
     import onnxruntime as ort
@@ -27,15 +39,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "'itmguard[cpu]' (onnxruntime) or, on NVIDIA GPUs, 'itmguard[gpu]' (onnxruntime-gpu)"
     ) from exc
 
-__all__ = ["ORT_PROVIDERS", "OnnxScorer", "Scorer", "choose_providers", "tensorrt_options"]
+__all__ = ["ORT_PROVIDERS", "OnnxScorer", "Scorer"]
 
 log = structlog.get_logger(__name__)
-
-ORT_PROVIDERS = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 
 
 class Scorer(Protocol):
@@ -51,60 +57,6 @@ class Scorer(Protocol):
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         """Match probabilities in [0, 1], one per pair; NaN where the model failed."""
         ...
-
-
-def choose_providers(allowed: Sequence[str], available: Sequence[str]) -> list[str]:
-    """ONNX Runtime provider names to use, in preference order.
-
-    Raises:
-        ConfigError: none of `allowed` is offered by this onnxruntime build.
-    """
-    chosen = [ORT_PROVIDERS[name] for name in allowed if ORT_PROVIDERS[name] in available]
-    if not chosen:
-        raise ConfigError(
-            "ITMGUARD_PROVIDERS",
-            ",".join(allowed),
-            f"none is available in this onnxruntime (it offers {', '.join(available)})",
-        )
-    return chosen
-
-
-def tensorrt_options(bundle: Bundle, cache_dir: Path) -> dict[str, Any]:
-    """TensorRT provider options from the bundle's `tensorrt` section.
-
-    Engines and timing caches live under `cache_dir/<model hash>/`, so a restart
-    reuses them and a new model never picks up an old model's engines.
-    """
-    spec = bundle.spec
-    trt = spec.raw.get("tensorrt", {})
-    root = cache_dir / spec.model_sha256[:16]
-    engines = root / trt.get("engine_cache", "engines")
-    timing = root / trt.get("timing_cache", "timing")
-    engines.mkdir(parents=True, exist_ok=True)
-    timing.mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {
-        "trt_fp16_enable": bool(trt.get("fp16", False)),
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(engines),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(timing),
-    }
-    profile = spec.tensorrt_profile
-    if profile is not None:
-        names, image = spec.input_names, spec.image
-
-        def shapes(batch: int, sequence: int) -> str:
-            return (
-                f"{names['pixel_values']}:{batch}x3x{image.height}x{image.width},"
-                f"{names['input_ids']}:{batch}x{sequence},"
-                f"{names['attention_mask']}:{batch}x{sequence}"
-            )
-
-        for i, level in enumerate(("min", "opt", "max")):
-            options[f"trt_profile_{level}_shapes"] = shapes(
-                profile["batch"][i], profile["sequence"][i]
-            )
-    return options
 
 
 class OnnxScorer:
@@ -132,47 +84,84 @@ class OnnxScorer:
         self,
         bundle: Bundle,
         *,
-        providers: Sequence[str] = ("tensorrt", "cuda", "cpu"),
+        providers: Sequence[str] = PROVIDERS,
         threshold: float | None = None,
         trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR,
         cpu_threads: int = 0,
         cpu_memory_arena: bool = True,
+        require_provider: str | None = None,
+        tensorrt: TensorRtTuning = DEFAULT_TENSORRT,
+        engine_key: EngineKey | None = None,
     ) -> None:
         """Open `bundle` on the first usable provider.
 
         `cpu_threads` (0: ONNX Runtime's choice, a thread per core of the machine) and
         `cpu_memory_arena` exist for containers, where the machine's core count is not the
-        CPU limit and resident memory is what the limit counts.
+        CPU limit and resident memory is what the limit counts. `engine_key` names the
+        TensorRT cache directory under `trt_cache_dir`; None probes this machine for it when
+        TensorRT is among the providers.
 
         Raises:
-            ConfigError: no allowed provider is available.
+            ConfigError: no allowed provider is available, or `require_provider` is not
+                offered or could not be loaded.
             BundleFieldError: model.onnx's inputs or output differ from bundle.json.
         """
         self.bundle = bundle
-        self.model_id = bundle.spec.model_id
-        self.threshold = bundle.spec.threshold if threshold is None else threshold
-        names = choose_providers(providers, ort.get_available_providers())
-        options = [
-            tensorrt_options(bundle, trt_cache_dir) if n == ORT_PROVIDERS["tensorrt"] else {}
-            for n in names
-        ]
+        spec = bundle.spec
+        self.model_id = spec.model_id
+        self.threshold = spec.threshold if threshold is None else threshold
+        names = choose_providers(
+            providers, ort.get_available_providers(), required=require_provider
+        )
+        if engine_key is None and ORT_PROVIDERS["tensorrt"] in names:
+            engine_key = EngineKey.probe(spec.model_sha256, ort.__version__)
+        self.engine_dir = trt_cache_dir / engine_key.dirname if engine_key else None
+        """Where this model's TensorRT engines and timing caches go, on this GPU and these
+        releases; None without TensorRT."""
+        cached = self.engine_dir is not None and engine_cache_warm(self.engine_dir)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.inter_op_num_threads = 1
         session_options.intra_op_num_threads = cpu_threads
         session_options.enable_cpu_mem_arena = cpu_memory_arena
+        started = time.perf_counter()
         self._session = ort.InferenceSession(
             str(bundle.model_path),
             sess_options=session_options,
-            providers=list(zip(names, options, strict=True)),
+            providers=list(
+                zip(names, provider_options(names, spec, self.engine_dir, tensorrt), strict=True)
+            ),
         )
-        self.provider = self._session.get_providers()[0]
+        self.open_seconds = time.perf_counter() - started
+        """Time the session took to open: on TensorRT with explicit profiles, the engine build
+        or its load from the cache."""
+        self.provider: str = self._session.get_providers()[0]
+        if require_provider is not None and self.provider != ORT_PROVIDERS[require_provider]:
+            raise ConfigError(
+                "ITMGUARD_REQUIRE_PROVIDER",
+                require_provider,
+                f"onnxruntime offers {ORT_PROVIDERS[require_provider]} but could not load it "
+                f"and fell back to {self.provider}; its log above names the missing library",
+            )
+        self.engine_cache: str | None = None
+        """For TensorRT, "warm" when its engine was in the cache before the session opened,
+        else "cold" (built now); None on other providers."""
+        if self.provider == ORT_PROVIDERS["tensorrt"]:
+            self.engine_cache = "warm" if cached else "cold"
         self._check_signature()
         self._text = bundle.text_encoder()
-        self.input_size: tuple[int, int] | None = (
-            bundle.spec.image.width,
-            bundle.spec.image.height,
+        self.input_size: tuple[int, int] | None = (spec.image.width, spec.image.height)
+        device = DEVICE_OF[self.provider]
+        self._bound = (
+            BoundRun(
+                self._session,
+                spec.output_name,
+                device=device,
+                staging=HostStaging(CudaHostPinner()),
+            )
+            if device != "cpu"
+            else None
         )
         log.info(
             "model_loaded",
@@ -181,6 +170,9 @@ class OnnxScorer:
             threshold=self.threshold,
             cpu_threads=cpu_threads,
             cpu_memory_arena=cpu_memory_arena,
+            open_ms=round(self.open_seconds * 1000, 1),
+            engine_cache=self.engine_cache,
+            engine_dir=str(self.engine_dir) if self.engine_dir else None,
         )
 
     def _check_signature(self) -> None:
@@ -198,7 +190,7 @@ class OnnxScorer:
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         ids, mask = self._text.encode(captions)
-        return self._run(preprocess_images(images, self.bundle.spec.image), ids, mask)
+        return self.infer(preprocess_images(images, self.bundle.spec.image), ids, mask)
 
     def warm_up(self, batch: int, sequence: int) -> None:
         """Score `batch` blank pictures against captions of `sequence` tokens, so that the
@@ -212,7 +204,7 @@ class OnnxScorer:
         blank = Image.new("RGB", (spec.image.width, spec.image.height))
         ids = np.full((batch, sequence), spec.text.pad_id, dtype=np.int64)
         try:
-            scores = self._run(
+            scores = self.infer(
                 preprocess_images([blank] * batch, spec.image), ids, np.ones_like(ids)
             )
         except Exception as exc:  # ONNX Runtime's errors share no base class
@@ -228,14 +220,23 @@ class OnnxScorer:
                 reason="the model gave no probability in [0, 1] for some pairs",
             )
 
-    def _run(self, pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One model call; probabilities outside [0, 1] become NaN."""
+    def _call(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The model's output for `feed`: through the IO binding on a GPU provider, else
+        `session.run`."""
+        if self._bound is not None:
+            return self._bound(feed)
+        (out,) = self._session.run([self.bundle.spec.output_name], dict(feed))
+        return np.asarray(out)
+
+    def infer(self, pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One model call on inputs already preprocessed and tokenised (benchmarks time the
+        model alone with it); probabilities outside [0, 1] become NaN."""
         spec = self.bundle.spec
         feed = {
             spec.input_names["pixel_values"]: pixels,
             spec.input_names["input_ids"]: ids,
             spec.input_names["attention_mask"]: mask,
         }
-        (out,) = self._session.run([spec.output_name], feed)
+        out = self._call(feed)
         scores = np.asarray(out, dtype=np.float64).reshape(len(ids))
         return np.where((scores >= 0.0) & (scores <= 1.0), scores, np.nan)
