@@ -14,13 +14,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 
 from worker.demo.embedded import create_topics
+from worker.persistence import write_outcomes
 from worker.review.items import history
+from worker.review.queue import claim, decide
+from worker.verdicts import Outcome, Record, ReviewContent, Verdict, VerdictKind
+from worker.verdicts import decide as verdict_rule
 
 ADMIN_DATABASE_URL = os.environ.get(
     "ITMGUARD_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -188,3 +193,38 @@ def expire_lease(engine: sa.Engine, item_id: int) -> None:
 
 def actions(engine: sa.Engine, item_id: int) -> list[tuple[str, str, str | None]]:
     return [(e.action, e.moderator, e.decision) for e in history(engine, item_id)]
+
+
+def write_verdict(
+    engine: sa.Engine,
+    post_id: str,
+    model_id: str,
+    score: float | None,
+    threshold: float,
+    *,
+    scored_at: datetime,
+    review: ReviewContent | None = None,
+) -> None:
+    """One verdict written as the worker writes it: mismatch below the threshold, error without
+    a score, and the review item `review` beside a mismatch."""
+    verdict: VerdictKind = "error" if score is None else verdict_rule(score, threshold)
+    error_code = "image_undecodable" if score is None else None
+    row = Verdict(post_id, model_id, score, threshold, verdict, error_code, scored_at, scored_at)
+    queued = review if verdict == "mismatch" else None
+    write_outcomes(engine, [Outcome(Record(b"", topic="posts"), row, None, queued)])
+
+
+def decide_post(
+    engine: sa.Engine, post_id: str, model_id: str, decision: str, *, moderator: str = "alice"
+) -> int:
+    """Claim and decide the review item of `post_id` queued by `model_id`; returns its id."""
+    with engine.connect() as conn:
+        item_id = int(
+            conn.execute(
+                sa.text("SELECT id FROM review_items WHERE post_id = :p AND model_id = :m"),
+                {"p": post_id, "m": model_id},
+            ).scalar_one()
+        )
+    claim(engine, item_id, moderator, lease_s=LEASE)
+    decide(engine, item_id, moderator, decision)
+    return item_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def test_add_moderator_prompts_twice_and_refuses_duplicates(database_url: str) -
 
 
 def test_next_decide_and_history_in_a_terminal(accounts: str) -> None:
-    """`next` claims the lowest score, `decide` records it, `history` shows both steps."""
+    """`next` claims the lowest score, `decide` records it, `history` shows both steps, each
+    audited as coming from the CLI with the operating-system user who ran it."""
     ids = seed(accounts, ["a dog on a beach", "a red car"])
     shown = run(accounts, "next")
     assert shown.exit_code == 0, shown.output
@@ -106,7 +108,11 @@ def test_next_decide_and_history_in_a_terminal(accounts: str) -> None:
     history = run(accounts, "history", str(ids[0]), moderator=None)
     lines = history.output.splitlines()
     assert [line.split()[1:3] for line in lines] == [["claim", "alice"], ["decide", "alice"]]
-    assert lines[1].endswith("confirmed_mismatch note: a cat")
+    assert lines[1].endswith(f"confirmed_mismatch via cli ({getpass.getuser()}) note: a cat")
+    entries = run(accounts, "history", "--json", str(ids[0]), moderator=None).output.splitlines()
+    assert [(e["via"], e["os_user"]) for e in map(json.loads, entries)] == [
+        ("cli", getpass.getuser())
+    ] * 2
 
 
 def test_a_moderator_cannot_decide_what_another_holds(accounts: str) -> None:

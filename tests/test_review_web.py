@@ -192,7 +192,7 @@ def test_sign_in_then_review_with_clicks(
     page.wait_for_load_state("load")
     assert page.inner_text("#caption") == "a blue square on a white table"
     assert page.inner_text("#score") == "0.050"
-    image = page.locator(".item img")
+    image = page.locator("#picture")
     assert image.evaluate("img => img.complete && img.naturalWidth > 0")
     screenshot = tmp_path / "review-page.png"
     page.screenshot(path=str(screenshot), full_page=True)
@@ -398,14 +398,17 @@ def test_cookies_and_headers_in_secure_mode(database_url: str) -> None:
 
 
 def test_session_cookies_are_signed_and_expire() -> None:
-    """A tampered, foreign-key or over-age session cookie is not accepted."""
-    codec = SessionCodec(SECRET)
-    session = Session(csrf="t", user="alice", issued=1_000.0, fingerprint="f")
+    """A tampered, foreign-key, over-age or idle session cookie is not accepted."""
+    codec = SessionCodec(SECRET, idle_s=600)
+    session = Session(csrf="t", user="alice", issued=1_000.0, seen=1_000.0, generation=3)
     value = codec.dumps(session)
     assert codec.loads(value, now=1_001.0) == session
     _, mac = value.split(".")
     forged = codec.dumps(Session(csrf="t", user="bob", issued=1_000.0)).split(".")[0]
     assert codec.loads(f"{forged}.{mac}", now=1_001.0) is None
     assert SessionCodec("o" * 48).loads(value, now=1_001.0) is None
-    assert codec.loads(value, now=1_000.0 + SESSION_MAX_AGE_S + 1) is None
+    assert codec.loads(value, now=1_000.0 + 601) is None
+    renewed = codec.dumps(Session(csrf="t", user="alice", issued=1_000.0, seen=30_000.0))
+    assert codec.loads(renewed, now=30_001.0) is not None
+    assert codec.loads(renewed, now=1_000.0 + SESSION_MAX_AGE_S + 1) is None
     assert codec.loads("garbage", now=1_001.0) is None

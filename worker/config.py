@@ -17,10 +17,12 @@ from typing import Any
 
 from worker.errors import ConfigError
 from worker.kafka_security import KafkaSecurity
+from worker.parsers import mask_url
 from worker.settings_table import MODERATOR_NAME, PROVIDERS, REVIEW_ORDERS, SETTINGS, SettingSpec
 
 __all__ = [
     "DEFAULT_FETCH_LIMITS",
+    "DEFAULT_TENSORRT",
     "DEFAULT_TRT_CACHE_DIR",
     "MODERATOR_NAME",
     "PROVIDERS",
@@ -29,6 +31,7 @@ __all__ = [
     "FetchLimits",
     "SettingSpec",
     "Settings",
+    "TensorRtTuning",
 ]
 
 
@@ -47,6 +50,27 @@ class FetchLimits:
 
 
 DEFAULT_FETCH_LIMITS = FetchLimits()
+
+
+@dataclass(frozen=True)
+class TensorRtTuning:
+    """What the settings say about TensorRT engine builds, beside what the bundle says.
+
+    fp16: build fp16 engines; None keeps the bundle's `tensorrt.fp16`.
+    workspace_mb: most scratch memory one layer may use while built, in MiB; 0 leaves
+        TensorRT's own limit.
+    builder_level: TensorRT's builder optimisation level (0-5): higher levels try more
+        kernels, taking longer to build for a faster engine; 3 is TensorRT's default.
+    """
+
+    fp16: bool | None = None
+    workspace_mb: int = 0
+    builder_level: int = 3
+
+
+DEFAULT_TENSORRT = TensorRtTuning()
+"""No fp16 override, TensorRT's own workspace limit and builder level."""
+
 
 DEFAULT_TRT_CACHE_DIR = Path.home() / ".cache" / "itmguard" / "tensorrt"
 """Where TensorRT engines and timing caches go unless ITMGUARD_TRT_CACHE_DIR says otherwise."""
@@ -70,6 +94,8 @@ class Settings:
     threshold: float | None = None
     providers: tuple[str, ...] = PROVIDERS
     trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR
+    require_provider: str | None = None
+    tensorrt: TensorRtTuning = field(default_factory=TensorRtTuning)
     cpu_threads: int = 0
     decode_threads: int = 0
     cpu_memory_arena: bool = True
@@ -86,6 +112,8 @@ class Settings:
     review_host: str = "127.0.0.1"
     review_port: int = 8080
     review_secret: str | None = field(default=None, repr=False)
+    review_idle_s: float = 1800.0
+    review_trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(
@@ -100,14 +128,18 @@ class Settings:
         raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
         values: dict[str, Any] = {}
         groups: dict[str, dict[str, Any]] = {}
+        given: dict[str, str] = {}
         for spec in SETTINGS:
             if spec.env not in raw:
                 continue
+            shown = "***" if spec.secret else mask_url(raw[spec.env])
             try:
                 value = spec.parse(raw[spec.env].strip())
             except ValueError as exc:
-                shown = "***" if spec.secret else raw[spec.env]
                 raise ConfigError(spec.env, shown, str(exc)) from None
+            if spec.attr in given:  # two settings that fill one value, such as a secret's file
+                raise ConfigError(spec.env, shown, f"set only one of {given[spec.attr]} and it")
+            given[spec.attr] = spec.env
             group, dot, name = spec.attr.partition(".")
             if dot:
                 groups.setdefault(group, {})[name] = value
@@ -127,7 +159,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        shown["database_url"] = _mask_url(self.database_url)
+        shown["database_url"] = mask_url(self.database_url)
         shown["review_secret"] = None if self.review_secret is None else "***"
         body = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"Settings({body})"
@@ -135,12 +167,7 @@ class Settings:
 
 _GROUPS: dict[str, Callable[..., Any]] = {
     "fetch_limits": FetchLimits,
+    "tensorrt": TensorRtTuning,
     "kafka_security": KafkaSecurity,
 }
 """The value objects that settings named `group.field` fill."""
-
-
-def _mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url  # only where a database URL is read or shown
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -44,10 +44,14 @@ DB_ENVS = ("ITMGUARD_DATABASE_URL", "ITMGUARD_LOG_LEVEL")
 
 
 def settings_options(envs: tuple[str, ...]) -> Callable[[F], F]:
-    """Add one flag per setting in `envs`, documented from the setting itself."""
+    """Add one flag per setting in `envs`, documented from the setting itself.
+
+    Settings marked `env_only` (secrets) get no flag: a command line shows in
+    `ps` to every user of the machine, the environment does not.
+    """
 
     def decorate(func: F) -> F:
-        for spec in reversed([s for s in SETTINGS if s.env in envs]):
+        for spec in reversed([s for s in SETTINGS if s.env in envs and not s.env_only]):
             func = click.option(
                 spec.flag,
                 spec.env,

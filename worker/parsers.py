@@ -2,12 +2,16 @@
 
 `worker.config` names which parser each setting uses; the message of the
 ValueError becomes the end of the one-line refusal a bad value gets at start.
+That refusal shows the value through `mask_url`, so a URL's password never
+reaches a terminal or a log, however malformed the rest of the URL is.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -19,12 +23,28 @@ __all__ = [
     "database_url",
     "float_in",
     "int_in",
+    "mask_url",
     "matching",
+    "networks",
     "nonempty",
     "optional",
     "secret",
+    "secret_file",
     "topic_name",
 ]
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*):\S*@")
+"""A URL's `user:password@`, up to its last `@`: a malformed password may hold `@` or `/`,
+and masking a little too much is safe where too little is not."""
+
+
+def mask_url(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`; other text unchanged.
+
+    Works on text no URL parser accepts (a bad port, a bad scheme), since such
+    a URL is exactly what an error message shows.
+    """
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 def int_in(lo: int, hi: int) -> Callable[[str], int]:
@@ -87,7 +107,7 @@ def database_url(text: str) -> str:
 
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ValueError("is not a SQLAlchemy URL (postgresql+psycopg://user@host/db)") from None
     if url.drivername != "postgresql+psycopg":
         raise ValueError("must start with postgresql+psycopg:// (Postgres through psycopg 3)")
@@ -134,6 +154,29 @@ def secret(text: str) -> str:
     if len(text) < 32:
         raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
     return text
+
+
+def secret_file(text: str) -> str:
+    """The secret held in file `text` (surrounding whitespace dropped), checked as `secret`."""
+    if not text:
+        raise ValueError("must name a file holding the secret")
+    try:
+        content = Path(text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot be read: {reason}") from None
+    return secret(content.strip())
+
+
+def networks(text: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (`10.0.0.0/8`), as given."""
+    parts = csv(text)
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or network") from None
+    return parts
 
 
 def choice(options: tuple[str, ...]) -> Callable[[str], str]:

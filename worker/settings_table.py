@@ -24,9 +24,11 @@ from worker.parsers import (
     float_in,
     int_in,
     matching,
+    networks,
     nonempty,
     optional,
     secret,
+    secret_file,
     topic_name,
 )
 
@@ -50,6 +52,8 @@ class SettingSpec:
     parse: Callable[[str], Any]
     help: str
     secret: bool = False
+    env_only: bool = False
+    """No flag: the value would show in `ps`; it comes from the environment alone."""
 
     @property
     def flag(self) -> str:
@@ -169,6 +173,33 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "trt_cache_dir",
         lambda t: Path(nonempty(t)),
         "directory for TensorRT engine and timing caches",
+    ),
+    SettingSpec(
+        "ITMGUARD_REQUIRE_PROVIDER",
+        "require_provider",
+        optional(choice(PROVIDERS)),
+        "provider the model must run on (tensorrt, cuda or cpu); the start fails if this "
+        "onnxruntime lacks it or cannot load it; empty: the first available of "
+        "ITMGUARD_PROVIDERS",
+    ),
+    SettingSpec(
+        "ITMGUARD_TRT_FP16",
+        "tensorrt.fp16",
+        optional(boolean),
+        "build fp16 TensorRT engines; empty: as the bundle's tensorrt.fp16 says",
+    ),
+    SettingSpec(
+        "ITMGUARD_TRT_WORKSPACE_MB",
+        "tensorrt.workspace_mb",
+        int_in(0, 1 << 20),
+        "most GPU scratch memory a TensorRT layer may use while its engine is built, in MiB; "
+        "0: TensorRT's own limit",
+    ),
+    SettingSpec(
+        "ITMGUARD_TRT_BUILDER_LEVEL",
+        "tensorrt.builder_level",
+        int_in(0, 5),
+        "TensorRT builder optimisation level: higher builds longer for a faster engine",
     ),
     SettingSpec(
         "ITMGUARD_CPU_THREADS",
@@ -302,7 +333,28 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "ITMGUARD_REVIEW_SECRET",
         "review_secret",
         secret,
-        "key that signs review-page session cookies, at least 32 characters",
+        "key that signs review-page session cookies, at least 32 characters; "
+        "environment only (a flag shows in `ps`)",
         secret=True,
+        env_only=True,
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_SECRET_FILE",
+        "review_secret",
+        secret_file,
+        "file holding the key that signs review-page session cookies (a mounted secret)",
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_IDLE_S",
+        "review_idle_s",
+        float_in(60.0, 43_200.0),
+        "a review-page session unused this long ends, in seconds",
+    ),
+    SettingSpec(
+        "ITMGUARD_REVIEW_TRUSTED_PROXIES",
+        "review_trusted_proxies",
+        networks,
+        "addresses or networks of the proxies in front of the review page whose "
+        "X-Forwarded-For is believed, comma separated",
     ),
 )

@@ -6,11 +6,17 @@ One module a job:
 
 - `items`: the records moderators see, and every read (item, history, list, stats).
 - `queue`: claims with leases, renewals, releases, expiries and decisions.
-- `accounts`: moderator accounts, their Argon2id hashes and sign-in checks.
+- `origin`: where an audited step came from (web page, or CLI and its user).
+- `accounts`: moderator accounts, their Argon2id hashes, sign-in checks and
+  session generations.
+- `throttle`: sign-in backoff and lockout, kept in Postgres.
 - `labels`: decisions exported as labelled data for calibration.
+- `display`: how captions and scores are shown (hidden characters marked).
 - `commands`: `itmguard review …` in a terminal.
-- `web`, `sessions`, `signin`, `rendering`: the web page, its signed sessions,
-  signing in and out, and its templates (in `templates/`, with `static/`).
+- `web`, `inputs`, `middleware`, `sessions`, `signin`, `rendering`: the web
+  page, what it accepts from a request, its headers and error pages, its
+  signed sessions, signing in and out, and its templates (in `templates/`,
+  with `static/`).
 
 Nothing is imported here, so loading `worker.review.commands` to list the CLI
 stays cheap.

@@ -5,6 +5,11 @@ defaults, the RFC 9106 low-memory profile); no password is ever stored or
 logged. Disabling an account gives its held items back to the queue at once
 (`worker.review.queue.release_all`) instead of leaving them to wait out their
 leases.
+
+Every account has a session generation that each session cookie carries:
+signing out, disabling, enabling and a new password all bump it, so every
+earlier session of that moderator stops working at its next request, on
+every replica (`worker.review.sessions`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from worker.config import MODERATOR_NAME
 from worker.errors import ModeratorExists, ReviewError, UnknownModerator
 from worker.persistence import translated
+from worker.review.origin import Origin
 from worker.review.queue import release_all
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "add_moderator",
     "authenticate",
     "disable_moderator",
+    "end_sessions",
     "get_moderator",
     "require_moderator",
     "set_password",
@@ -36,6 +43,8 @@ MIN_PASSWORD_CHARS = 12
 
 _HASHER = PasswordHasher()
 _DUMMY_HASH = _HASHER.hash("itmguard: no such moderator")
+_COLUMNS = "username, password_hash, created_at, disabled, session_generation"
+_NEXT_GENERATION = "session_generation = session_generation + 1"
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Moderator:
     password_hash: str = field(repr=False)
     created_at: datetime
     disabled: bool
+    session_generation: int
 
 
 def _check_username(username: str) -> None:
@@ -79,7 +89,7 @@ def add_moderator(engine: sa.Engine, username: str, password: str) -> Moderator:
             row = conn.execute(
                 sa.text(
                     "INSERT INTO moderators (username, password_hash) VALUES (:u, :h) "
-                    "RETURNING username, password_hash, created_at, disabled"
+                    f"RETURNING {_COLUMNS}"
                 ),
                 {"u": username, "h": hashed},
             ).one()
@@ -99,16 +109,22 @@ def set_password(engine: sa.Engine, username: str, password: str) -> None:
     hashed = _HASHER.hash(password)
     with translated(), engine.begin() as conn:
         result = conn.execute(
-            sa.text("UPDATE moderators SET password_hash = :h WHERE username = :u"),
+            sa.text(
+                f"UPDATE moderators SET password_hash = :h, {_NEXT_GENERATION} WHERE username = :u"
+            ),
             {"u": username, "h": hashed},
         )
     if not result.rowcount:
         raise UnknownModerator(username)
 
 
-def disable_moderator(engine: sa.Engine, username: str, *, disabled: bool = True) -> list[int]:
+def disable_moderator(
+    engine: sa.Engine, username: str, *, disabled: bool = True, origin: Origin | None = None
+) -> list[int]:
     """Disable (or re-enable) an account; a disabled moderator's held items go back to the queue.
 
+    Either way her sessions end: a re-enabled moderator signs in again rather
+    than finding the sessions she had before she was disabled working again.
     Returns the ids of the items released.
 
     Raises:
@@ -116,22 +132,28 @@ def disable_moderator(engine: sa.Engine, username: str, *, disabled: bool = True
     """
     with translated(), engine.begin() as conn:
         result = conn.execute(
-            sa.text("UPDATE moderators SET disabled = :d WHERE username = :u"),
+            sa.text(f"UPDATE moderators SET disabled = :d, {_NEXT_GENERATION} WHERE username = :u"),
             {"u": username, "d": disabled},
         )
     if not result.rowcount:
         raise UnknownModerator(username)
-    return release_all(engine, username) if disabled else []
+    return release_all(engine, username, origin=origin) if disabled else []
+
+
+def end_sessions(engine: sa.Engine, username: str) -> None:
+    """End every session `username` has (signing out ends them all, on every browser)."""
+    with translated(), engine.begin() as conn:
+        conn.execute(
+            sa.text(f"UPDATE moderators SET {_NEXT_GENERATION} WHERE username = :u"),
+            {"u": username},
+        )
 
 
 def get_moderator(engine: sa.Engine, username: str) -> Moderator | None:
     """The account named `username`, enabled or not, or None."""
     with translated(), engine.connect() as conn:
         row = conn.execute(
-            sa.text(
-                "SELECT username, password_hash, created_at, disabled FROM moderators "
-                "WHERE username = :u"
-            ),
+            sa.text(f"SELECT {_COLUMNS} FROM moderators WHERE username = :u"),
             {"u": username},
         ).one_or_none()
     return None if row is None else Moderator(**row._mapping)
@@ -154,7 +176,8 @@ def authenticate(engine: sa.Engine, username: str, password: str) -> Moderator |
 
     Unknown and disabled names cost the same hash check as a wrong password,
     so response times do not tell which names exist. A hash made with weaker
-    parameters than today's is replaced on success.
+    parameters than today's is replaced on success (which ends the account's
+    other sessions, as any new hash does).
     """
     moderator = get_moderator(engine, username) if MODERATOR_NAME.fullmatch(username) else None
     hashed = moderator.password_hash if moderator is not None else _DUMMY_HASH

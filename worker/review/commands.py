@@ -2,19 +2,24 @@
 
 Loaded by `worker.cli` only when a review command is called or listed. Every
 command acts through `worker.review`'s functions, as the web page does, so
-both keep the same rules and the same audit trail.
+both keep the same rules and the same audit trail; the audit records each
+step as coming from the CLI, with the operating-system user who ran it.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
 
+from worker.compare.since import SINCE
 from worker.errors import ConfigError
 from worker.options import DB_ENVS, load_settings, settings_options
+from worker.review.display import score_text
+from worker.review.origin import cli_origin
 
 __all__ = ["review"]
 
@@ -32,7 +37,9 @@ _REVIEW_SERVE = (
     "ITMGUARD_REVIEW_ORDER",
     "ITMGUARD_REVIEW_HOST",
     "ITMGUARD_REVIEW_PORT",
-    "ITMGUARD_REVIEW_SECRET",
+    "ITMGUARD_REVIEW_SECRET_FILE",
+    "ITMGUARD_REVIEW_IDLE_S",
+    "ITMGUARD_REVIEW_TRUSTED_PROXIES",
 )
 _JSON = click.option("--json", "as_json", is_flag=True, help="one JSON document instead of text")
 
@@ -91,7 +98,7 @@ def _echo_item(item: Any, as_json: bool) -> None:
         image = "none"
     lines = [
         f"item {item.id}  post {_terminal(item.post_id)}  model {_terminal(item.model_id)}",
-        f"score {item.score:.3f}  threshold {item.threshold:.3f}",
+        f"score {score_text(item.score)}  threshold {score_text(item.threshold)}",
         f"posted {_when(item.event_time)}  queued {_when(item.created_at)}",
         f"image {image}",
         f"caption {_terminal(item.caption)}",
@@ -115,7 +122,13 @@ def review_next(as_json: bool, **flags: str | None) -> None:
     from worker.review.queue import claim_next
 
     settings, engine, name = _review_engine(flags)
-    item = claim_next(engine, name, lease_s=settings.review_lease_s, order=settings.review_order)
+    item = claim_next(
+        engine,
+        name,
+        lease_s=settings.review_lease_s,
+        order=settings.review_order,
+        origin=cli_origin(),
+    )
     if item is None:
         click.echo("the queue is empty", err=True)
         sys.exit(2)
@@ -133,13 +146,17 @@ def review_claim(item_id: int | None, as_json: bool, **flags: str | None) -> Non
     settings, engine, name = _review_engine(flags)
     if item_id is None:
         item = claim_next(
-            engine, name, lease_s=settings.review_lease_s, order=settings.review_order
+            engine,
+            name,
+            lease_s=settings.review_lease_s,
+            order=settings.review_order,
+            origin=cli_origin(),
         )
         if item is None:
             click.echo("the queue is empty", err=True)
             sys.exit(2)
     else:
-        item = claim(engine, item_id, name, lease_s=settings.review_lease_s)
+        item = claim(engine, item_id, name, lease_s=settings.review_lease_s, origin=cli_origin())
     _echo_item(item, as_json)
 
 
@@ -155,7 +172,7 @@ def review_decide(item_id: int, decision: str, note: str | None, **flags: str | 
     from worker.review.queue import decide
 
     _, engine, name = _review_engine(flags)
-    item = decide(engine, item_id, name, decision, note)
+    item = decide(engine, item_id, name, decision, note, origin=cli_origin())
     click.echo(f"item {item.id}: {item.decision} by {item.decided_by}")
 
 
@@ -168,10 +185,10 @@ def review_release(item_id: int | None, **flags: str | None) -> None:
 
     _, engine, name = _review_engine(flags)
     if item_id is not None:
-        release(engine, item_id, name)
+        release(engine, item_id, name, origin=cli_origin())
         click.echo(f"item {item_id} released")
     else:
-        ids = release_all(engine, name)
+        ids = release_all(engine, name, origin=cli_origin())
         click.echo(f"released {len(ids)} item(s){': ' if ids else ''}{', '.join(map(str, ids))}")
 
 
@@ -211,8 +228,10 @@ def review_history(item_id: int, as_json: bool, **flags: str | None) -> None:
             click.echo(json.dumps(_item_json(entry)))
         else:
             extra = f" {entry.decision}" if entry.decision else ""
+            via = f" via {entry.via}" if entry.via else ""
+            who = f" ({_terminal(entry.os_user)})" if entry.os_user else ""
             note = f" note: {_terminal(entry.note)}" if entry.note else ""
-            click.echo(f"{_when(entry.at)} {entry.action} {entry.moderator}{extra}{note}")
+            click.echo(f"{_when(entry.at)} {entry.action} {entry.moderator}{extra}{via}{who}{note}")
 
 
 @review.command("thumbnail")
@@ -220,14 +239,16 @@ def review_history(item_id: int, as_json: bool, **flags: str | None) -> None:
 @click.argument("item_id", type=int)
 @click.argument("out", type=click.File("wb"))
 def review_thumbnail(item_id: int, out: Any, **flags: str | None) -> None:
-    """Write the stored JPEG thumbnail of item ITEM_ID (inline images only) to OUT."""
+    """Write the stored JPEG thumbnail of item ITEM_ID (of the picture it was scored on) to OUT."""
     from worker.review.items import get_item, thumbnail
 
     _, engine, _ = _review_engine(flags, moderator=False)
     data = thumbnail(engine, item_id)
     if data is None:
         get_item(engine, item_id)  # ItemNotFound when there is no such item
-        raise click.ClickException(f"item {item_id} has no stored thumbnail (its image is a URL)")
+        raise click.ClickException(
+            f"item {item_id} has no stored thumbnail (queued before URL images were kept)"
+        )
     out.write(data)
 
 
@@ -240,8 +261,23 @@ def review_thumbnail(item_id: int, out: Any, **flags: str | None) -> None:
     show_default=True,
     help="file to write, '-' for stdout",
 )
-@click.option("--model-id", default=None, help="only items flagged by this model (name@version)")
-def review_export_labels(out: Any, model_id: str | None, **flags: str | None) -> None:
+@click.option(
+    "--model",
+    "--model-id",
+    "model_id",
+    default=None,
+    metavar="ID",
+    help="only items flagged by this model (name@version)",
+)
+@click.option(
+    "--since",
+    type=SINCE,
+    default=None,
+    help="only decisions made at or after this ISO 8601 time (no offset: UTC)",
+)
+def review_export_labels(
+    out: Any, model_id: str | None, since: datetime | None, **flags: str | None
+) -> None:
     """Write moderators' decisions as labelled data for `itmguard calibrate --labelled FILE`.
 
     One JSON line per decided post: the post event plus "label" (0 for
@@ -253,7 +289,7 @@ def review_export_labels(out: Any, model_id: str | None, **flags: str | None) ->
     from worker.review.labels import export_labels
 
     _, engine, _ = _review_engine(flags, moderator=False)
-    counts = export_labels(engine, out, model_id=model_id)
+    counts = export_labels(engine, out, model_id=model_id, since=since)
     click.echo(
         f"wrote {counts.written} labelled posts; left out {counts.escalated} escalated, "
         f"{counts.superseded} older decisions on the same post ({counts.conflicts} disagreeing), "
@@ -303,8 +339,20 @@ def review_disable_moderator(username: str, enable: bool, **flags: str | None) -
     from worker.review.accounts import disable_moderator
 
     _, engine, _ = _review_engine(flags, moderator=False)
-    released = disable_moderator(engine, username, disabled=not enable)
+    released = disable_moderator(engine, username, disabled=not enable, origin=cli_origin())
     state = "enabled" if enable else f"disabled, {len(released)} held item(s) released"
+    click.echo(f"moderator {username} {state}", err=True)
+
+
+@review.command("unlock-moderator")
+@settings_options(DB_ENVS)
+@click.argument("username")
+def review_unlock_moderator(username: str, **flags: str | None) -> None:
+    """Lift USERNAME's sign-in lockout and backoff after failed sign-ins (admin)."""
+    from worker.review.throttle import unlock
+
+    _, engine, _ = _review_engine(flags, moderator=False)
+    state = "unlocked" if unlock(engine, username) else "was not locked"
     click.echo(f"moderator {username} {state}", err=True)
 
 

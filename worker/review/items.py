@@ -115,7 +115,11 @@ _ITEM_FIELDS = frozenset(Item.__dataclass_fields__)
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One row of an item's audit history: a claim, renew, release, expire or decide."""
+    """One row of an item's audit history: a claim, renew, release, expire or decide.
+
+    `via` is `web` or `cli` (None for rows older than migration 0004, or written
+    without an origin); `os_user` is who ran the CLI.
+    """
 
     id: int
     item_id: int
@@ -125,6 +129,8 @@ class AuditEntry:
     note: str | None
     lease_expires_at: datetime | None
     at: datetime
+    via: str | None = None
+    os_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,11 @@ def get_item(engine: sa.Engine, item_id: int) -> Item:
 
 
 def thumbnail(engine: sa.Engine, item_id: int) -> bytes | None:
-    """The stored JPEG thumbnail of item `item_id` (inline images only), or None."""
+    """The stored JPEG thumbnail of item `item_id`, or None.
+
+    The worker keeps one for inline images and for the image it fetched from a
+    URL; items queued before it kept URL images have none.
+    """
     with translated(), engine.connect() as conn:
         value = conn.execute(
             sa.text("SELECT thumbnail FROM review_items WHERE id = :id"), {"id": item_id}
@@ -200,8 +210,8 @@ def history(engine: sa.Engine, item_id: int) -> list[AuditEntry]:
             raise ItemNotFound(item_id)
         rows = conn.execute(
             sa.text(
-                "SELECT id, item_id, action, moderator, decision, note, lease_expires_at, at "
-                "FROM review_audit WHERE item_id = :id ORDER BY id"
+                "SELECT id, item_id, action, moderator, decision, note, lease_expires_at, at, "
+                "via, os_user FROM review_audit WHERE item_id = :id ORDER BY id"
             ),
             {"id": item_id},
         ).all()

@@ -10,7 +10,9 @@ only, so moderators' machines may disagree about the time without harm.
 
 Every claim, renewal, release, expiry and decision appends a row to
 `review_audit`, in the same transaction as the change it records; the table
-refuses UPDATE, DELETE and TRUNCATE (migration 0003).
+refuses UPDATE, DELETE and TRUNCATE (migration 0003). Each row says whether
+the step came from the web page or the CLI (`worker.review.origin`); a call
+without an origin (a script using this module directly) leaves that empty.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from worker.errors import (
 )
 from worker.persistence import translated
 from worker.review.items import DECISIONS, ITEM_COLUMNS, Item, item_columns
+from worker.review.origin import Origin
 
 __all__ = [
     "MAX_NOTE_CHARS",
@@ -54,11 +57,13 @@ def _audit(
     decision: str | None = None,
     note: str | None = None,
     lease_expires_at: datetime | None = None,
+    origin: Origin | None,
 ) -> None:
     conn.execute(
         sa.text(
             "INSERT INTO review_audit (item_id, action, moderator, decision, note, "
-            "lease_expires_at) VALUES (:item_id, :action, :moderator, :decision, :note, :lease)"
+            "lease_expires_at, via, os_user) VALUES (:item_id, :action, :moderator, :decision, "
+            ":note, :lease, :via, :os_user)"
         ),
         {
             "item_id": item_id,
@@ -67,11 +72,16 @@ def _audit(
             "decision": decision,
             "note": note,
             "lease": lease_expires_at,
+            **_origin(origin),
         },
     )
 
 
-def _expire(conn: sa.Connection) -> int:
+def _origin(origin: Origin | None) -> dict[str, str | None]:
+    return {"via": origin.via if origin else None, "os_user": origin.os_user if origin else None}
+
+
+def _expire(conn: sa.Connection, origin: Origin | None) -> int:
     """Return every expired lease nobody is touching to the queue, with an audit row each."""
     result = conn.execute(
         sa.text(
@@ -86,10 +96,11 @@ def _expire(conn: sa.Connection) -> int:
             FROM expired e WHERE r.id = e.id
             RETURNING e.id, e.claimed_by, e.lease_expires_at
         )
-        INSERT INTO review_audit (item_id, action, moderator, lease_expires_at)
-        SELECT id, 'expire', claimed_by, lease_expires_at FROM returned
+        INSERT INTO review_audit (item_id, action, moderator, lease_expires_at, via, os_user)
+        SELECT id, 'expire', claimed_by, lease_expires_at, :via, :os_user FROM returned
         """
-        )
+        ),
+        _origin(origin),
     )
     return result.rowcount or 0
 
@@ -121,7 +132,12 @@ def _locked(conn: sa.Connection, item_id: int) -> tuple[Item, datetime]:
 
 
 def claim_next(
-    engine: sa.Engine, moderator: str, *, lease_s: float, order: str = "score"
+    engine: sa.Engine,
+    moderator: str,
+    *,
+    lease_s: float,
+    order: str = "score",
+    origin: Origin | None = None,
 ) -> Item | None:
     """Claim the next item for `moderator`, or return the one they already hold.
 
@@ -140,7 +156,7 @@ def claim_next(
     if order not in REVIEW_ORDERS:
         raise ValueError(f"order must be one of {', '.join(REVIEW_ORDERS)}")
     with translated(), engine.begin() as conn:
-        _expire(conn)
+        _expire(conn, origin)
         held = conn.execute(
             sa.text(
                 "SELECT id FROM review_items WHERE status = 'claimed' AND claimed_by = :m "
@@ -150,7 +166,14 @@ def claim_next(
         ).scalar_one_or_none()
         if held is not None:
             item = _lease(conn, held, moderator, lease_s)
-            _audit(conn, item.id, "renew", moderator, lease_expires_at=item.lease_expires_at)
+            _audit(
+                conn,
+                item.id,
+                "renew",
+                moderator,
+                lease_expires_at=item.lease_expires_at,
+                origin=origin,
+            )
             return item
         row = conn.execute(
             sa.text(
@@ -171,11 +194,20 @@ def claim_next(
         if row is None:
             return None
         item = Item.from_row(row)
-        _audit(conn, item.id, "claim", moderator, lease_expires_at=item.lease_expires_at)
+        _audit(
+            conn, item.id, "claim", moderator, lease_expires_at=item.lease_expires_at, origin=origin
+        )
         return item
 
 
-def claim(engine: sa.Engine, item_id: int, moderator: str, *, lease_s: float) -> Item:
+def claim(
+    engine: sa.Engine,
+    item_id: int,
+    moderator: str,
+    *,
+    lease_s: float,
+    origin: Origin | None = None,
+) -> Item:
     """Claim item `item_id` for `moderator`, or renew the lease they hold on it.
 
     An expired lease of someone else's is ended first (an `expire` audit row).
@@ -195,15 +227,26 @@ def claim(engine: sa.Engine, item_id: int, moderator: str, *, lease_s: float) ->
                 if holder != moderator:
                     raise ItemHeldByOther(item_id, holder=holder, until=until)
                 item = _lease(conn, item_id, moderator, lease_s)
-                _audit(conn, item_id, "renew", moderator, lease_expires_at=item.lease_expires_at)
+                _audit(
+                    conn,
+                    item_id,
+                    "renew",
+                    moderator,
+                    lease_expires_at=item.lease_expires_at,
+                    origin=origin,
+                )
                 return item
-            _audit(conn, item_id, "expire", holder, lease_expires_at=until)
+            _audit(conn, item_id, "expire", holder, lease_expires_at=until, origin=origin)
         item = _lease(conn, item_id, moderator, lease_s)
-        _audit(conn, item_id, "claim", moderator, lease_expires_at=item.lease_expires_at)
+        _audit(
+            conn, item_id, "claim", moderator, lease_expires_at=item.lease_expires_at, origin=origin
+        )
         return item
 
 
-def release(engine: sa.Engine, item_id: int, moderator: str) -> None:
+def release(
+    engine: sa.Engine, item_id: int, moderator: str, *, origin: Origin | None = None
+) -> None:
     """Give item `item_id` back to the queue undecided.
 
     Raises:
@@ -217,10 +260,17 @@ def release(engine: sa.Engine, item_id: int, moderator: str) -> None:
         item, now = _locked(conn, item_id)
         _check_holder(item, moderator, now, expired_ok=True)
         _return(conn, item_id)
-        _audit(conn, item_id, "release", moderator, lease_expires_at=item.lease_expires_at)
+        _audit(
+            conn,
+            item_id,
+            "release",
+            moderator,
+            lease_expires_at=item.lease_expires_at,
+            origin=origin,
+        )
 
 
-def release_all(engine: sa.Engine, moderator: str) -> list[int]:
+def release_all(engine: sa.Engine, moderator: str, *, origin: Origin | None = None) -> list[int]:
     """Give back every item `moderator` holds (end of a shift). Returns their ids."""
     with translated(), engine.begin() as conn:
         rows = conn.execute(
@@ -232,7 +282,14 @@ def release_all(engine: sa.Engine, moderator: str) -> list[int]:
         ).all()
         for row in rows:
             _return(conn, row.id)
-            _audit(conn, row.id, "release", moderator, lease_expires_at=row.lease_expires_at)
+            _audit(
+                conn,
+                row.id,
+                "release",
+                moderator,
+                lease_expires_at=row.lease_expires_at,
+                origin=origin,
+            )
     return [row.id for row in rows]
 
 
@@ -260,7 +317,13 @@ def _check_holder(item: Item, moderator: str, now: datetime, *, expired_ok: bool
 
 
 def decide(
-    engine: sa.Engine, item_id: int, moderator: str, decision: str, note: str | None = None
+    engine: sa.Engine,
+    item_id: int,
+    moderator: str,
+    decision: str,
+    note: str | None = None,
+    *,
+    origin: Origin | None = None,
 ) -> Item:
     """Record `moderator`'s decision on item `item_id`, which they must hold with a live lease.
 
@@ -299,6 +362,7 @@ def decide(
             decision=decision,
             note=note,
             lease_expires_at=item.lease_expires_at,
+            origin=origin,
         )
         return Item.from_row(row)
 
@@ -314,7 +378,7 @@ def _clean_note(item_id: int, note: str | None) -> str | None:
     return note
 
 
-def expire_leases(engine: sa.Engine) -> int:
+def expire_leases(engine: sa.Engine, *, origin: Origin | None = None) -> int:
     """Return every expired lease to the queue now; returns how many were returned."""
     with translated(), engine.begin() as conn:
-        return _expire(conn)
+        return _expire(conn, origin)

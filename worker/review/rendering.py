@@ -2,7 +2,11 @@
 
 Templates autoescape everything and fail on a missing name instead of
 printing nothing, since a caption or a note is whatever a poster or a
-moderator typed. Every page gets the signed-in moderator, the session's CSRF
+moderator typed; the `visible` filter marks the characters in such text that
+would otherwise hide or reorder it (`worker.review.display`). Images come only
+from this server: the thumbnail the worker stored of the picture it scored,
+never the poster's URL, which would tell the image host who looked and when,
+and may by now show another picture. Every page gets the signed-in moderator, the session's CSRF
 token for its forms, and the message a redirect asked it to show.
 """
 
@@ -10,15 +14,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup, escape
 
+from worker.review.display import (
+    CAPTION_PREVIEW_CHARS,
+    character_name,
+    hidden_characters,
+    score_text,
+)
 from worker.review.items import DECISIONS, Item
 from worker.review.sessions import SESSION
 
-__all__ = ["MESSAGES", "TEMPLATES", "image_src", "render", "templates"]
+__all__ = ["MESSAGES", "TEMPLATES", "image_src", "render", "templates", "visible"]
 
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 MESSAGES = {
@@ -46,7 +56,22 @@ def templates() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["age"] = _age
     env.filters["human"] = lambda s: s.replace("_", " ")
+    env.filters["visible"] = visible
+    env.filters["score"] = score_text
+    env.globals["preview_chars"] = CAPTION_PREVIEW_CHARS
     return env
+
+
+def visible(text: str) -> Markup:
+    """`text` escaped, each hidden or reordering character shown as a marked `U+XXXX` label."""
+    return Markup("").join(
+        Markup('<span class="hidden-char" title="{}">{}</span>').format(
+            character_name(part), f"U+{ord(part):04X}"
+        )
+        if hidden
+        else escape(part)
+        for hidden, part in hidden_characters(text)
+    )
 
 
 def _when(value: datetime | None) -> str:
@@ -67,12 +92,8 @@ def _age(seconds: float | None) -> str:
 
 
 def image_src(item: Item) -> str | None:
-    """Where the page loads the item's image from; only http(s) URLs, never `javascript:`."""
-    if item.has_thumbnail:
-        return f"/items/{item.id}/thumbnail"
-    if item.image_url and urlsplit(item.image_url).scheme in ("http", "https"):
-        return item.image_url
-    return None
+    """Where the page loads the item's picture from: its stored thumbnail, or nowhere."""
+    return f"/items/{item.id}/thumbnail" if item.has_thumbnail else None
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:

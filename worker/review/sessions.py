@@ -1,18 +1,21 @@
 """Who is asking: signed session cookies, and the middleware that admits a request or not.
 
 Sessions are HMAC-SHA256-signed cookies (key from `ITMGUARD_REVIEW_SECRET`)
-holding the moderator's name, a CSRF token, the time of sign-in and a
-fingerprint of the password hash, so a changed password or a disabled account
-ends every session at its next request. Every route but sign-in, `/healthz`
-and the static files needs a session; every POST needs the session's CSRF
-token in its form. The server keeps no session state, so nothing needs
-cleaning up when a moderator walks away.
+holding the moderator's name, a CSRF token, the time of sign-in, the time of
+the last request and the account's session generation. Signing out,
+disabling, enabling and a new password bump the generation
+(`worker.review.accounts`), so every older cookie of that moderator stops
+working at its next request, on every replica. A session also ends after
+`ITMGUARD_REVIEW_IDLE_S` without a request, and 12 hours after sign-in
+whatever happens. Every route but sign-in, `/healthz` and the static files
+needs a session; every POST needs the session's CSRF token in its form.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -27,12 +30,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 
-from worker.review.accounts import authenticate, get_moderator
+from worker.review.accounts import end_sessions, get_moderator
 
 __all__ = [
     "FORM",
     "SESSION",
     "SESSIONS",
+    "SESSION_IDLE_S",
     "SESSION_MAX_AGE_S",
     "Session",
     "SessionCodec",
@@ -43,7 +47,13 @@ __all__ = [
 ]
 
 SESSION_MAX_AGE_S = 12 * 3600
-"""A session lasts one shift; then the moderator signs in again."""
+"""A session lasts one shift at most; then the moderator signs in again."""
+
+SESSION_IDLE_S = 1800.0
+"""A session unused this long has ended (ITMGUARD_REVIEW_IDLE_S)."""
+
+_SEEN_EVERY_S = 60.0
+"""How stale the cookie's time of last request may get before a request renews it."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,15 @@ class Session:
     csrf: str
     user: str | None = None
     issued: float = 0.0
-    fingerprint: str | None = None
+    seen: float = 0.0
+    generation: int | None = None
 
 
-def new_session(user: str | None = None, fingerprint: str | None = None) -> Session:
+def new_session(user: str | None = None, generation: int | None = None) -> Session:
     """A session with a fresh CSRF token, so signing in or out never reuses an old one."""
+    now = time.time()
     return Session(
-        csrf=secrets.token_urlsafe(32), user=user, issued=time.time(), fingerprint=fingerprint
+        csrf=secrets.token_urlsafe(32), user=user, issued=now, seen=now, generation=generation
     )
 
 
@@ -70,9 +82,12 @@ def _bytes(text: str) -> bytes:
 class SessionCodec:
     """Signs and checks session cookies with HMAC-SHA256 under a key derived from the secret."""
 
-    def __init__(self, secret: str, *, max_age_s: float = SESSION_MAX_AGE_S) -> None:
+    def __init__(
+        self, secret: str, *, max_age_s: float = SESSION_MAX_AGE_S, idle_s: float = SESSION_IDLE_S
+    ) -> None:
         self._key = hashlib.sha256(b"itmguard-review-session\0" + secret.encode()).digest()
         self.max_age_s = max_age_s
+        self.idle_s = idle_s
 
     def _sign(self, data: bytes) -> str:
         mac = hmac.new(self._key, data, hashlib.sha256).digest()
@@ -80,14 +95,20 @@ class SessionCodec:
 
     def dumps(self, session: Session) -> str:
         payload = json.dumps(
-            {"c": session.csrf, "u": session.user, "t": session.issued, "p": session.fingerprint},
+            {
+                "c": session.csrf,
+                "u": session.user,
+                "t": session.issued,
+                "s": session.seen,
+                "g": session.generation,
+            },
             separators=(",", ":"),
         ).encode()
         body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
         return f"{body}.{self._sign(body.encode())}"
 
     def loads(self, value: str | None, *, now: float | None = None) -> Session | None:
-        """The session in `value`, or None if it is forged, malformed or older than max age."""
+        """The session in `value`, or None if forged, malformed, too old or idle too long."""
         if not value or value.count(".") != 1:
             return None
         body, mac = value.split(".")
@@ -95,26 +116,30 @@ class SessionCodec:
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            generation = data["g"]
             session = Session(
-                csrf=str(data["c"]), user=data["u"], issued=float(data["t"]), fingerprint=data["p"]
+                csrf=str(data["c"]),
+                user=data["u"],
+                issued=float(data["t"]),
+                seen=float(data["s"]),
+                generation=None if generation is None else int(generation),
             )
         except (ValueError, KeyError, TypeError):
             return None
-        if (now if now is not None else time.time()) - session.issued > self.max_age_s:
+        now = now if now is not None else time.time()
+        if now - session.issued > self.max_age_s or now - session.seen > self.idle_s:
             return None
         return session
-
-    def fingerprint(self, password_hash: str) -> str:
-        """A short keyed digest of the password hash: a new password ends old sessions."""
-        return self._sign(b"pw\0" + password_hash.encode())[:22]
 
 
 class Sessions:
     """The app's sessions: the cookie they travel in, and the account check that ends them."""
 
-    def __init__(self, engine: sa.Engine, secret: str, *, secure: bool) -> None:
+    def __init__(
+        self, engine: sa.Engine, secret: str, *, secure: bool, idle_s: float = SESSION_IDLE_S
+    ) -> None:
         self._engine = engine
-        self._codec = SessionCodec(secret)
+        self._codec = SessionCodec(secret, idle_s=idle_s)
         self._secure = secure
         # the __Host- prefix makes browsers insist on Secure, Path=/ and no Domain
         self._name = "__Host-itmguard_review" if secure else "itmguard_review"
@@ -122,29 +147,26 @@ class Sessions:
     async def current(self, request: web.Request) -> Session | None:
         """The request's session, or None if it has none, or its account no longer admits it.
 
-        A session outlives neither its account nor the password it was signed in with.
+        A session outlives neither its account nor its account's session generation.
+
+        Raises:
+            DatabaseUnavailable: the account cannot be looked up.
         """
         session = self._codec.loads(request.cookies.get(self._name))
         if session is None or session.user is None:
             return session
         account = await asyncio.to_thread(get_moderator, self._engine, session.user)
-        if (
-            account is None
-            or account.disabled
-            or session.fingerprint != self._codec.fingerprint(account.password_hash)
-        ):
+        if account is None or account.disabled or session.generation != account.session_generation:
             return None
         return session
 
-    async def sign_in(self, username: str, password: str) -> Session | None:
-        """A new session if `password` is right for enabled account `username`, else None.
+    async def end_all(self, username: str) -> None:
+        """End every session of `username`, this one included (signing out)."""
+        await asyncio.to_thread(end_sessions, self._engine, username)
 
-        The session is bound to the password hash as it is now, so a new password ends it.
-        """
-        account = await asyncio.to_thread(authenticate, self._engine, username, password)
-        if account is None:
-            return None
-        return new_session(account.username, self._codec.fingerprint(account.password_hash))
+    def sent(self, response: web.StreamResponse) -> bool:
+        """Whether `response` already carries a session cookie (sign-in and sign-out set one)."""
+        return self._name in response.cookies
 
     def set_cookie(self, response: web.StreamResponse, session: Session) -> None:
         """Send `session` with `response`, a raised redirect included."""
@@ -177,7 +199,9 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Admit a request with a live session (and, for a POST, its CSRF token); refuse the rest.
 
     GETs without a session are sent to sign in and come back afterwards; other
-    methods get 401, since a redirect would lose what they were sending.
+    methods get 401, since a redirect would lose what they were sending. A
+    signed-in request renews the cookie's time of last request, at most once a
+    minute, so an active moderator is never signed out for being idle.
     """
     if request.path == "/healthz" or request.path.startswith("/static/"):
         return await handler(request)  # no session: nothing there is private
@@ -193,6 +217,8 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if session is None:
             session = new_session()
             request[_NEW_SESSION] = session
+    elif session.user is not None and time.time() - session.seen > _SEEN_EVERY_S:
+        request[_NEW_SESSION] = dataclasses.replace(session, seen=time.time())
     request[SESSION] = session
     if request.method == "POST":
         form = await request.post()
@@ -202,8 +228,17 @@ async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         ):
             raise web.HTTPForbidden(text="CSRF token missing or wrong: reload the page\n")
         request[FORM] = form
-    response = await handler(request)
-    new = request.get(_NEW_SESSION)
-    if new is not None:
-        sessions.set_cookie(response, new)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _send_new(request, exc)
+        raise
+    _send_new(request, response)
     return response
+
+
+def _send_new(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the session made or renewed for this request, unless the handler sent its own."""
+    new, sessions = request.get(_NEW_SESSION), request.app[SESSIONS]
+    if new is not None and not sessions.sent(response):
+        sessions.set_cookie(response, new)

@@ -2,21 +2,22 @@
 
 Moderators sign in (`worker.review.signin`) with an account made by
 `itmguard review add-moderator`; who may ask for what is
-`worker.review.sessions`' job, and turning records into HTML is
-`worker.review.rendering`'s. This module holds the routes, puts the security
-headers on every response and serves the app. The Content Security Policy
-admits scripts from this server's own static file only.
+`worker.review.sessions`' job, turning records into HTML is
+`worker.review.rendering`'s, and headers and error pages are
+`worker.review.middleware`'s. This module holds the routes, checks what they
+are asked for, and serves the app.
 
 Queue rules live in `worker.review`'s other modules; handlers call them in a
-thread so the event loop never waits on Postgres or on a password hash.
+thread so the event loop never waits on Postgres; password hashes have a
+thread pool of their own. Every step a handler takes is audited as `web`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from importlib.resources import files
@@ -26,7 +27,6 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from worker.config import REVIEW_ORDERS, Settings
 from worker.errors import (
@@ -38,6 +38,7 @@ from worker.errors import (
     LeaseExpired,
     ReviewError,
 )
+from worker.review.inputs import MAX_PAGE, page_number, requested_item, text_filter
 from worker.review.items import (
     DECISIONS,
     STATUSES,
@@ -48,6 +49,8 @@ from worker.review.items import (
     stats,
     thumbnail,
 )
+from worker.review.middleware import guard
+from worker.review.origin import WEB
 from worker.review.queue import (
     MAX_NOTE_CHARS,
     claim,
@@ -58,7 +61,8 @@ from worker.review.queue import (
 )
 from worker.review.rendering import MESSAGES, TEMPLATES, image_src, render, templates
 from worker.review.sessions import FORM, SESSIONS, Sessions, admit, moderator
-from worker.review.signin import login, login_page, logout
+from worker.review.signin import HASH_THREADS, SIGN_IN, SignIn, login, login_page, logout
+from worker.review.throttle import DEFAULT_THROTTLE, ThrottlePolicy
 
 __all__ = ["create_app", "serve"]
 
@@ -66,51 +70,10 @@ log = structlog.get_logger(__name__)
 
 SWEEP_INTERVAL_S = 30.0
 PAGE_SIZE = 50
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
 _STATIC = {"review.js": "text/javascript", "review.css": "text/css", "favicon.svg": "image/svg+xml"}
 
 _ENGINE = web.AppKey("engine", sa.Engine)
 _SETTINGS = web.AppKey("settings", Settings)
-
-
-@web.middleware
-async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.monotonic()
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        _finish(request, exc, started)
-        raise
-    _finish(request, response, started)
-    return response
-
-
-def _finish(request: web.Request, response: web.StreamResponse, started: float) -> None:
-    """Security headers on every response, raised redirects and errors included, and its log."""
-    headers = response.headers
-    headers["Content-Security-Policy"] = CSP
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
-    if not request.path.startswith("/static/"):
-        headers["Cache-Control"] = "no-store"
-    log.debug(
-        "review_request",
-        method=request.method,
-        path=request.path,
-        status=response.status,
-        ms=round((time.monotonic() - started) * 1000, 1),
-    )
-
-
-def _item_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["item_id"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
 
 
 def _redirect(path: str, **query: str) -> web.HTTPSeeOther:
@@ -186,6 +149,7 @@ async def _next(request: web.Request) -> web.Response:
         moderator(request),
         lease_s=settings.review_lease_s,
         order=order,
+        origin=WEB,
     )
     if item is None:
         raise _redirect("/review", msg="empty")
@@ -194,7 +158,7 @@ async def _next(request: web.Request) -> web.Response:
 
 async def _item(request: web.Request) -> web.Response:
     engine = request.app[_ENGINE]
-    item_id = _item_id(request)
+    item_id = requested_item(request)
     try:
         item = await asyncio.to_thread(get_item, engine, item_id)
         audit = await asyncio.to_thread(history, engine, item_id)
@@ -218,35 +182,45 @@ async def _item(request: web.Request) -> web.Response:
 
 
 async def _thumbnail(request: web.Request) -> web.Response:
-    data = await asyncio.to_thread(thumbnail, request.app[_ENGINE], _item_id(request))
+    data = await asyncio.to_thread(thumbnail, request.app[_ENGINE], requested_item(request))
     if data is None:
         raise web.HTTPNotFound()
-    return web.Response(body=data, content_type="image/jpeg")
+    # private: a shared cache must not keep users' pictures
+    return web.Response(
+        body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"}
+    )
 
 
 async def _claim(request: web.Request) -> web.Response:
-    item_id = _item_id(request)
+    item_id = requested_item(request)
     lease_s = request.app[_SETTINGS].review_lease_s
     engine, user = request.app[_ENGINE], moderator(request)
-    await _act(item_id, partial(claim, engine, item_id, user, lease_s=lease_s))
+    await _act(item_id, partial(claim, engine, item_id, user, lease_s=lease_s, origin=WEB))
     raise _redirect(f"/items/{item_id}")
 
 
 async def _release(request: web.Request) -> web.Response:
-    item_id = _item_id(request)
-    await _act(item_id, partial(release, request.app[_ENGINE], item_id, moderator(request)))
+    item_id = requested_item(request)
+    await _act(
+        item_id, partial(release, request.app[_ENGINE], item_id, moderator(request), origin=WEB)
+    )
     raise _redirect("/review", msg="released")
 
 
 async def _decide(request: web.Request) -> web.Response:
     engine, user, settings = request.app[_ENGINE], moderator(request), request.app[_SETTINGS]
-    item_id = _item_id(request)
+    item_id = requested_item(request)
     form = request[FORM]
     decision, note = str(form.get("decision", "")), str(form.get("note", ""))
-    await _act(item_id, partial(decide, engine, item_id, user, decision, note))
+    await _act(item_id, partial(decide, engine, item_id, user, decision, note, origin=WEB))
     log.info("review_decided", item_id=item_id, moderator=user, decision=decision)
     nxt = await asyncio.to_thread(
-        claim_next, engine, user, lease_s=settings.review_lease_s, order=settings.review_order
+        claim_next,
+        engine,
+        user,
+        lease_s=settings.review_lease_s,
+        order=settings.review_order,
+        origin=WEB,
     )
     if nxt is None:
         raise _redirect("/review", msg="decided_all")
@@ -258,18 +232,15 @@ async def _list(request: web.Request) -> web.Response:
     filters: dict[str, Any] = {
         "status": query.get("status") or None,
         "decision": query.get("decision") or None,
-        "moderator": query.get("moderator", "").strip() or None,
-        "model_id": query.get("model_id", "").strip() or None,
-        "text": query.get("q", "").strip() or None,
+        "moderator": text_filter(query, "moderator"),
+        "model_id": text_filter(query, "model_id"),
+        "text": text_filter(query, "q"),
     }
     if filters["status"] not in (None, *STATUSES):
         raise web.HTTPBadRequest(text="status must be pending, claimed or decided\n")
     if filters["decision"] not in (None, *DECISIONS):
         raise web.HTTPBadRequest(text="unknown decision\n")
-    try:
-        page = max(1, int(query.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = page_number(query)
     items = await asyncio.to_thread(
         list_items,
         request.app[_ENGINE],
@@ -288,7 +259,7 @@ async def _list(request: web.Request) -> web.Response:
         q=query.get("q", ""),
         prev_url=f"/items?{urlencode({**kept, 'page': page - 1})}" if page > 1 else None,
         next_url=f"/items?{urlencode({**kept, 'page': page + 1})}"
-        if len(items) > PAGE_SIZE
+        if len(items) > PAGE_SIZE and page < MAX_PAGE
         else None,
     )
 
@@ -300,6 +271,8 @@ def create_app(
     secret: str,
     secure_cookies: bool = True,
     sweep_interval_s: float = SWEEP_INTERVAL_S,
+    throttle: ThrottlePolicy = DEFAULT_THROTTLE,
+    hash_pool: Executor | None = None,
 ) -> web.Application:
     """The review web application.
 
@@ -307,11 +280,19 @@ def create_app(
         secret: the key session cookies are signed with.
         secure_cookies: mark cookies `Secure` (HTTPS only); off only for `--dev` on plain http.
         sweep_interval_s: how often lapsed leases are returned to the queue in the background.
+        throttle: how failed sign-ins slow further ones down.
+        hash_pool: where password hashes are checked; by default a pool of HASH_THREADS
+            threads of the app's own, shut down with it.
     """
-    app = web.Application(middlewares=[_headers, admit], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[guard, admit], client_max_size=64 * 1024)
     app[_ENGINE] = engine
     app[_SETTINGS] = settings
-    app[SESSIONS] = Sessions(engine, secret, secure=secure_cookies)
+    app[SESSIONS] = Sessions(engine, secret, secure=secure_cookies, idle_s=settings.review_idle_s)
+    own_pool = hash_pool is None
+    pool = hash_pool or ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="review-hash")
+    app[SIGN_IN] = SignIn.create(engine, throttle, pool, settings.review_trusted_proxies)
+    if own_pool:
+        app.on_cleanup.append(lambda _app: _shutdown(pool))
     app[TEMPLATES] = templates()
     app.add_routes(
         [
@@ -337,7 +318,7 @@ def create_app(
             while True:
                 await asyncio.sleep(sweep_interval_s)
                 try:
-                    returned = await asyncio.to_thread(expire_leases, engine)
+                    returned = await asyncio.to_thread(expire_leases, engine, origin=WEB)
                 except Exception as exc:  # noqa: BLE001 - the sweep must outlive a DB outage
                     log.warning("review_sweep_failed", error=type(exc).__name__)
                     continue
@@ -352,11 +333,15 @@ def create_app(
     return app
 
 
+async def _shutdown(pool: Executor) -> None:
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def serve(settings: Settings, *, dev: bool = False) -> None:
     """Serve the review page on ITMGUARD_REVIEW_HOST:ITMGUARD_REVIEW_PORT until SIGTERM or SIGINT.
 
     Raises:
-        ConfigError: no ITMGUARD_REVIEW_SECRET and not `dev`.
+        ConfigError: no ITMGUARD_REVIEW_SECRET (or _FILE) and not `dev`.
         DatabaseUnavailable, DatabaseNotMigrated: the database cannot serve the queue.
     """
     from worker.persistence import check_schema_current, create_engine
@@ -367,7 +352,8 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             raise ConfigError(
                 "ITMGUARD_REVIEW_SECRET",
                 "",
-                "required to sign moderators' sessions (e.g. `openssl rand -hex 32`); "
+                "required to sign moderators' sessions (e.g. `openssl rand -hex 32`, or a file "
+                "holding one in ITMGUARD_REVIEW_SECRET_FILE); "
                 "`itmguard review serve --dev` runs without one on this machine only",
             )
         secret = secrets.token_hex(32)
