@@ -175,11 +175,19 @@ def export_blip(
         reference = trace_with_reference(
             shown, MatchProbability(model).eval(), feeds, work / "traced.onnx", opset, progress
         )
+        text = model.text_encoder.config
+        attention = (text.num_attention_heads, text.hidden_size)
         del model  # before any ONNX Runtime session opens, so the two never share memory
         gc.collect()
         gate = ParityGate(shown, spec, feeds, reference, tolerance, progress)
         report = _checked_graphs(
-            shown, gate, work, optimize=optimize, precision=precision, progress=progress
+            shown,
+            gate,
+            work,
+            optimize=optimize,
+            attention=attention,
+            precision=precision,
+            progress=progress,
         )
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
@@ -222,6 +230,7 @@ def _checked_graphs(
     work: Path,
     *,
     optimize: bool,
+    attention: tuple[int, int],
     precision: str,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -231,7 +240,7 @@ def _checked_graphs(
     chosen = work / "traced.onnx"
     report: dict[str, Any] = {"onnx_vs_pytorch": gate.check("verify", chosen)}
     if optimize:
-        report |= _optimise(gate, chosen, work / "optimised.onnx", progress)
+        report |= _optimise(gate, chosen, work / "optimised.onnx", attention, progress)
         chosen = work / "optimised.onnx"
     if precision == "fp16":
         report |= _fp16(shown, gate, chosen, work / "fp16.onnx")
@@ -245,12 +254,27 @@ def _checked_graphs(
 
 
 def _optimise(
-    gate: ParityGate, source: Path, target: Path, progress: Callable[[str], None]
+    gate: ParityGate,
+    source: Path,
+    target: Path,
+    attention: tuple[int, int],
+    progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """The optimise stage: ONNX Runtime's transformer fusions, kept portable (no
-    provider-specific rewrites), and the fused graph's parity with PyTorch."""
+    provider-specific rewrites), and the fused graph's parity with PyTorch.
+
+    `attention` is the text encoder's (heads, hidden size): the optimiser cannot read
+    them from a BLIP graph, and without them it fuses no attention at all. BLIP's
+    vision and text encoders share both in every released size.
+    """
+    heads, hidden = attention
     optimised = optimize_model(
-        str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
+        str(source),
+        model_type="bert",
+        num_heads=heads,
+        hidden_size=hidden,
+        opt_level=0,
+        use_gpu=False,
     )
     optimised.save_model_to_file(str(target))
     fused = {op: n for op, n in optimised.get_fused_operator_statistics().items() if n}

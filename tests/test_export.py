@@ -158,6 +158,7 @@ def test_parity_is_recorded_within_tolerance(exported: Exported) -> None:
         assert figures["decision_agreement"] == 1.0
     assert parity["precision"] == "fp32"
     assert parity["fusions"]["SkipLayerNormalization"] > 0
+    assert parity["fusions"]["Attention"] > 0  # told the heads, the optimiser fuses attention
 
 
 def test_progress_reports_each_stage_in_order(exported: Exported) -> None:
