@@ -93,8 +93,19 @@ def test_one_batch_is_stored_flagged_dead_lettered_and_counted_once_per_post() -
     validator("verdict.v1").validate(flags.sent[0][1])
     assert [(key, message["reason"]) for key, message in dlq.sent] == [(None, "invalid_json")]
     value = metrics.registry.get_sample_value
-    assert value("itmguard_verdicts_total", {"model_id": "fake@1", "verdict": "match"}) == 2
-    assert value("itmguard_verdicts_total", {"model_id": "fake@1", "verdict": "mismatch"}) == 1
+    assert (
+        value(
+            "itmguard_verdicts_total", {"model_id": "fake@1", "role": "primary", "verdict": "match"}
+        )
+        == 2
+    )
+    assert (
+        value(
+            "itmguard_verdicts_total",
+            {"model_id": "fake@1", "role": "primary", "verdict": "mismatch"},
+        )
+        == 1
+    )
     assert value("itmguard_dead_letters_total", {"reason": "invalid_json"}) == 1
     assert value("itmguard_batch_size_sum") == 5
 

@@ -242,7 +242,7 @@ def test_the_metrics_port_serves_probes_and_metrics() -> None:
     """/livez and /readyz answer 200 or 503 with JSON naming each check; /metrics is the
     Prometheus text as before."""
     metrics = Metrics()
-    metrics.model_info.labels("m@1", "CPUExecutionProvider").set(1)
+    metrics.model_info.labels("m@1", "CPUExecutionProvider", "primary").set(1)
     health = Health(database=lambda: Check(True, "fine"))
     port = free_port()
     server = serve("127.0.0.1", port, health, metrics.registry)
@@ -269,7 +269,10 @@ def test_the_metrics_port_serves_probes_and_metrics() -> None:
         assert _get(base + "/readyz")[0] == 200
         status, kind, body = _get(base + "/metrics")
         assert status == 200 and kind.startswith("text/plain")
-        assert 'itmguard_model_info{model_id="m@1",provider="CPUExecutionProvider"} 1.0' in body
+        assert (
+            'itmguard_model_info{model_id="m@1",provider="CPUExecutionProvider",role="primary"} 1.0'
+            in body
+        )
     finally:
         server.shutdown()
         server.server_close()

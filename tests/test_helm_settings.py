@@ -169,6 +169,18 @@ def test_typed_settings_and_extra_env_reach_the_configmap() -> None:
     assert not [k for k in review if k.startswith("ITMGUARD_KAFKA")]
 
 
+def test_a_shadow_bundle_is_a_directory_of_the_bundle_volume() -> None:
+    """worker.shadow names a second directory under /models, with its own threshold and
+    wait; without a path the worker gets no shadow settings at all."""
+    shadowed = render(values(worker={"shadow": {"path": "/blip-itm-base@4/", "threshold": 0.42}}))
+    data = config_data(shadowed, "worker")
+    assert data["ITMGUARD_SHADOW_BUNDLE"] == "/models/blip-itm-base@4"
+    assert data["ITMGUARD_SHADOW_THRESHOLD"] == "0.42"
+    assert data["ITMGUARD_SHADOW_WAIT_S"] == "2"
+    plain = config_data(render(values()), "worker")
+    assert not [k for k in plain if k.startswith("ITMGUARD_SHADOW")]
+
+
 def test_extra_env_may_not_override_the_chart() -> None:
     """extraEnv repeating a typed setting fails the render; naming a secret fails the schema."""
     error = render_error(values(worker={"extraEnv": {"ITMGUARD_MAX_BATCH": "8"}}))

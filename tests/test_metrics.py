@@ -30,8 +30,16 @@ def test_batches_count_verdicts_dead_letters_and_timings() -> None:
         total_s=0.05,
     )
     value = metrics.registry.get_sample_value
-    assert value("itmguard_verdicts_total", {"model_id": "m@1", "verdict": "mismatch"}) == 1
-    assert value("itmguard_verdicts_total", {"model_id": "m@1", "verdict": "error"}) == 1
+    assert (
+        value(
+            "itmguard_verdicts_total", {"model_id": "m@1", "role": "primary", "verdict": "mismatch"}
+        )
+        == 1
+    )
+    assert (
+        value("itmguard_verdicts_total", {"model_id": "m@1", "role": "primary", "verdict": "error"})
+        == 1
+    )
     assert value("itmguard_dead_letters_total", {"reason": "invalid_event"}) == 1
     assert value("itmguard_dead_letters_total", {"reason": "invalid_json"}) == 1
     assert value("itmguard_batch_size_sum") == 4
@@ -41,7 +49,7 @@ def test_batches_count_verdicts_dead_letters_and_timings() -> None:
 def test_metrics_are_served_over_http() -> None:
     """The metrics port exposes the registry in the Prometheus text format."""
     metrics = Metrics()
-    metrics.model_info.labels("m@1", "CPUExecutionProvider").set(1)
+    metrics.model_info.labels("m@1", "CPUExecutionProvider", "primary").set(1)
     metrics.warmup_seconds.set(0.25)
     port = free_port()
     server = serve("127.0.0.1", port, Health(), metrics.registry)
@@ -51,5 +59,8 @@ def test_metrics_are_served_over_http() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    assert 'itmguard_model_info{model_id="m@1",provider="CPUExecutionProvider"} 1.0' in body
+    assert (
+        'itmguard_model_info{model_id="m@1",provider="CPUExecutionProvider",role="primary"} 1.0'
+        in body
+    )
     assert "itmguard_warmup_seconds 0.25" in body

@@ -141,7 +141,8 @@ def test_every_post_gets_one_verdict_flags_and_dead_letters(
     )
     assert counted == len(rows)
     assert (
-        'itmguard_model_info{model_id="tiny-blip@1",provider="CPUExecutionProvider"} 1.0' in scraped
+        'itmguard_model_info{model_id="tiny-blip@1",provider="CPUExecutionProvider",'
+        'role="primary"} 1.0' in scraped
     )
     assert worker.stop() == 0
 

@@ -40,6 +40,7 @@ from worker.metrics import Metrics
 from worker.persistence import write_outcomes
 from worker.pipeline import Pipeline
 from worker.scoring import Scorer
+from worker.shadow import Shadow
 from worker.verdicts import Record
 
 __all__ = ["EXIT_ABANDONED", "broker_credentials", "create_app"]
@@ -98,6 +99,7 @@ def create_app(
     engine: sa.Engine,
     metrics: Metrics | None = None,
     health: Health | None = None,
+    shadow: Shadow | None = None,
 ) -> faust.App:
     """The Faust app with its one agent, configured from `settings`; it keeps `health` told.
 
@@ -131,8 +133,9 @@ def create_app(
         stopping=lambda: bool(app.should_stop),
         metrics=metrics,
         progress=health.progress,
+        shadow=shadow,
     )
-    handler.metrics.model_info.labels(scorer.model_id, scorer.provider).set(1)
+    handler.metrics.model_info.labels(scorer.model_id, scorer.provider, "primary").set(1)
     within = settings.max_wait_ms / 1000
 
     # mode's signal types accept no coroutine function that mypy can match

@@ -92,6 +92,9 @@ class Settings:
     max_batch: int = 32
     max_wait_ms: int = 200
     threshold: float | None = None
+    shadow_bundle: Path | None = None
+    shadow_threshold: float | None = None
+    shadow_wait_s: float = 2.0
     providers: tuple[str, ...] = PROVIDERS
     trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR
     require_provider: str | None = None

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -31,6 +31,7 @@ from worker.metrics import Metrics
 from worker.progress import BatchProgress
 from worker.retry import retry_forever
 from worker.scoring import Scorer
+from worker.shadow import Shadow
 from worker.verdicts import Outcome, Record, last_outcomes
 
 __all__ = ["BatchHandler", "Decoded", "Judged", "Store", "Topic"]
@@ -67,6 +68,8 @@ class Judged:
     outcomes: list[Outcome]
     received: float
     score_s: float
+    shadow: list[Outcome] = field(default_factory=list)
+    """The shadow model's outcomes, one per post, for storage only."""
 
 
 class BatchHandler:
@@ -79,6 +82,10 @@ class BatchHandler:
     database). `handle` runs them one after another; `worker.pipeline` runs
     each stage on a different batch at once, so the model never waits on the
     CPU work or the I/O around it.
+
+    A shadow model (`worker.shadow`), when set, scores each batch beside the
+    primary; its verdicts are written with the batch and nothing else comes of
+    them.
 
     A post that appears more than once in a batch is decided by its last
     record (`last_outcomes`): that one outcome gives its verdict row, its
@@ -97,6 +104,7 @@ class BatchHandler:
         stopping: Callable[[], bool] = lambda: False,
         metrics: Metrics | None = None,
         progress: BatchProgress | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         self._settings = settings
         self._scorer = scorer
@@ -115,6 +123,7 @@ class BatchHandler:
         self._stop_seen: float | None = None
         self.metrics = metrics or Metrics()
         self.progress = progress or BatchProgress()
+        self._shadow = shadow
 
     def _give_up(self) -> bool:
         """True once the worker has been stopping for longer than the shutdown grace."""
@@ -153,16 +162,20 @@ class BatchHandler:
         return Decoded(records, prepared, received)
 
     async def infer(self, batch: Decoded) -> Judged:
-        """Score a prepared batch in one model call, on the model's thread."""
+        """Score a prepared batch in one model call, on the model's thread, and with the shadow
+        model beside it when there is one."""
         loop = asyncio.get_running_loop()
         self.progress.enter("score")
         try:
+            shadowing = self._shadow.start(batch.prepared) if self._shadow else None
             outcomes = await loop.run_in_executor(
                 self._model, score_prepared, batch.prepared, self._scorer
             )
+            score_s = time.monotonic() - batch.received
+            shadow = await self._shadow.outcomes(shadowing) if self._shadow else []
         finally:
             self.progress.leave("score")
-        return Judged(batch.records, outcomes, batch.received, time.monotonic() - batch.received)
+        return Judged(batch.records, outcomes, batch.received, score_s, shadow)
 
     async def deliver(self, judged: Judged) -> None:
         """Write the batch's verdicts, then publish its flags and dead letters; returns once
@@ -180,12 +193,12 @@ class BatchHandler:
 
     async def _deliver(self, judged: Judged) -> None:
         loop = asyncio.get_running_loop()
-        outcomes = judged.outcomes
+        outcomes, shadow = judged.outcomes, judged.shadow
         final = last_outcomes(outcomes)
         _log_outcomes(outcomes)
 
         async def write() -> int:
-            return await loop.run_in_executor(self._database, self._store, final)
+            return await loop.run_in_executor(self._database, self._store, [*final, *shadow])
 
         self.progress.enter("write_verdicts")
         await retry_forever(
@@ -199,11 +212,12 @@ class BatchHandler:
             on_retry=self._count_retry,
         )
         verdicts = [o.verdict for o in final if o.verdict is not None]
+        shadow_verdicts = [o.verdict for o in shadow if o.verdict is not None]
         reasons = [str(o.dead_letter["reason"]) for o in outcomes if o.dead_letter is not None]
         total_s = time.monotonic() - judged.received
         self.metrics.record_batch(
             size=len(judged.records),
-            verdicts=verdicts,
+            verdicts=[*verdicts, *shadow_verdicts],
             dead_letter_reasons=reasons,
             score_s=judged.score_s,
             total_s=total_s,
@@ -216,6 +230,7 @@ class BatchHandler:
             size=len(judged.records),
             superseded=sum(o.verdict is not None for o in outcomes) - len(final),
             dead_letter=len(reasons),
+            shadow=len(shadow_verdicts),
             score_ms=round(judged.score_s * 1000, 1),
             total_ms=round(total_s * 1000, 1),
             **counts,

@@ -24,8 +24,8 @@ class Metrics:
         r = self.registry
         self.verdicts = Counter(
             "itmguard_verdicts",
-            "Verdicts written, by outcome.",
-            ["model_id", "verdict"],
+            "Verdicts written, by model, its role (primary or shadow) and outcome.",
+            ["model_id", "role", "verdict"],
             registry=r,
         )
         self.dead_letters = Counter(
@@ -54,13 +54,21 @@ class Metrics:
         )
         self.model_info = Gauge(
             "itmguard_model_info",
-            "The loaded model; always 1.",
-            ["model_id", "provider"],
+            "The loaded models, the primary and any shadow; always 1.",
+            ["model_id", "provider", "role"],
             registry=r,
         )
         self.warmup_seconds = Gauge(
             "itmguard_warmup_seconds",
             "Time the start-up warm-up batch took, at the shape real batches will have.",
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "itmguard_shadow_failures",
+            "Times the shadow model fell short, by reason: load (a start without it), error, "
+            "late and busy (a batch without its verdicts), inference (a batch where it gave "
+            "no probability for some posts).",
+            ["reason"],
             registry=r,
         )
         self.tensorrt_engine_seconds = Gauge(
@@ -86,6 +94,6 @@ class Metrics:
         self.score_seconds.observe(score_s)
         self.batch_seconds.observe(total_s)
         for verdict in verdicts:
-            self.verdicts.labels(verdict.model_id, verdict.verdict).inc()
+            self.verdicts.labels(verdict.model_id, verdict.role, verdict.verdict).inc()
         for reason in dead_letter_reasons:
             self.dead_letters.labels(reason).inc()

@@ -66,6 +66,7 @@ verdicts = sa.Table(
     sa.Column("topic", sa.Text),
     sa.Column("partition", sa.Integer),
     sa.Column("offset", sa.BigInteger),
+    sa.Column("role", sa.Text, nullable=False, server_default="primary"),
     sa.UniqueConstraint("post_id", "model_id", name="uq_verdicts_post_model"),
 )
 
@@ -208,6 +209,7 @@ def _batch_row(v: Verdict, outcome: Outcome) -> dict[str, Any]:
         "topic": outcome.record.topic,
         "partition": outcome.record.partition,
         "offset": outcome.record.offset,
+        "role": v.role,
         "queued": outcome.review is not None,
     }
     review = outcome.review

@@ -17,6 +17,8 @@ from worker.logs import logging_dict
 from worker.metrics import Metrics
 from worker.persistence import check_schema_current, create_engine, create_probe_engine
 from worker.scoring import ORT_PROVIDERS, OnnxScorer
+from worker.shadow import open_shadow
+from worker.verdicts import Role
 
 __all__ = [
     "build_app",
@@ -31,27 +33,32 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-def open_scorer(settings: Settings) -> OnnxScorer:
-    """Load and check the bundle named by the settings.
+def open_scorer(settings: Settings, role: Role = "primary") -> OnnxScorer:
+    """Load and check the bundle the settings name for `role`: ITMGUARD_BUNDLE and
+    ITMGUARD_THRESHOLD, or ITMGUARD_SHADOW_BUNDLE and ITMGUARD_SHADOW_THRESHOLD.
 
     Raises:
         ConfigError: no bundle is configured, no allowed provider is available, or the
             required provider is missing or could not be loaded.
         BundleError: the bundle is missing files, has bad fields or a wrong hash.
     """
-    if settings.bundle is None:
-        raise ConfigError("ITMGUARD_BUNDLE", None, "a model bundle directory is required")
-    bundle = load_bundle(settings.bundle)
-    scorer = OnnxScorer(
-        bundle,
-        providers=settings.providers,
-        threshold=settings.threshold,
-        trt_cache_dir=settings.trt_cache_dir,
-        cpu_threads=settings.cpu_threads,
-        cpu_memory_arena=settings.cpu_memory_arena,
-        require_provider=settings.require_provider,
-        tensorrt=settings.tensorrt,
-    )
+    shadow = role == "shadow"
+    path = settings.shadow_bundle if shadow else settings.bundle
+    if path is None:
+        name = "ITMGUARD_SHADOW_BUNDLE" if shadow else "ITMGUARD_BUNDLE"
+        raise ConfigError(name, None, "a model bundle directory is required")
+    bundle = load_bundle(path)
+    with structlog.contextvars.bound_contextvars(role=role):
+        scorer = OnnxScorer(
+            bundle,
+            providers=settings.providers,
+            threshold=settings.shadow_threshold if shadow else settings.threshold,
+            trt_cache_dir=settings.trt_cache_dir,
+            cpu_threads=settings.cpu_threads,
+            cpu_memory_arena=settings.cpu_memory_arena,
+            require_provider=settings.require_provider,
+            tensorrt=settings.tensorrt,
+        )
     check_max_batch(bundle.spec, scorer.provider, settings.max_batch)
     return scorer
 
@@ -116,7 +123,8 @@ def engine_seconds(scorer: OnnxScorer, warmup_s: float) -> float:
 
 def build_app(settings: Settings) -> faust.App:
     """Everything checked before joining the consumer group: Kafka security, bundle, a
-    warm-up batch, schema.
+    warm-up batch, schema; and the shadow bundle, when one is set, which is left out
+    (logged and counted) rather than stop the worker when it cannot be used.
 
     The probes and metrics are served from here, first, when a port is set (so
     `faust -A worker.faustapp` serves them too): `/readyz` answers 503 while the
@@ -140,6 +148,16 @@ def build_app(settings: Settings) -> faust.App:
         metrics.tensorrt_engine_seconds.labels(scorer.engine_cache).set(
             engine_seconds(scorer, seconds)
         )
+    shadow = None
+    if settings.shadow_bundle is not None:
+
+        def load_shadow() -> OnnxScorer:
+            with structlog.contextvars.bound_contextvars(role="shadow"):
+                loaded = open_scorer(settings, "shadow")
+                warm_up(loaded, settings.max_batch)
+            return loaded
+
+        shadow = open_shadow(load_shadow, scorer, settings.shadow_wait_s, metrics)
     scale = max(1.0, settings.max_batch / batch)
     health.warmed_up(seconds, scoring_bound_s(settings.fetch_limits, seconds, scale))
     engine = create_engine(settings.database_url, pre_ping=False)
@@ -147,7 +165,7 @@ def build_app(settings: Settings) -> faust.App:
     log.info("worker_configured", settings=repr(settings), metrics_port=settings.metrics_port)
     from worker.agents import create_app
 
-    return create_app(settings, scorer, engine, metrics, health)
+    return create_app(settings, scorer, engine, metrics, health, shadow)
 
 
 def run_worker(settings: Settings) -> None:

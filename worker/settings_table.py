@@ -163,6 +163,25 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "match probability below which a post is a mismatch; empty: the bundle's",
     ),
     SettingSpec(
+        "ITMGUARD_SHADOW_BUNDLE",
+        "shadow_bundle",
+        optional(lambda t: Path(nonempty(t))),
+        "a second bundle scored beside the first, its verdicts stored but never flagged "
+        "or queued; empty: none",
+    ),
+    SettingSpec(
+        "ITMGUARD_SHADOW_THRESHOLD",
+        "shadow_threshold",
+        optional(float_in(0.0, 1.0)),
+        "the shadow bundle's threshold; empty: its bundle's",
+    ),
+    SettingSpec(
+        "ITMGUARD_SHADOW_WAIT_S",
+        "shadow_wait_s",
+        float_in(0.0, 600.0),
+        "longest a batch waits for the shadow's scores after the primary's, in seconds",
+    ),
+    SettingSpec(
         "ITMGUARD_PROVIDERS",
         "providers",
         choices(PROVIDERS),

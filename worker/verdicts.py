@@ -21,6 +21,7 @@ __all__ = [
     "Outcome",
     "Record",
     "ReviewContent",
+    "Role",
     "Verdict",
     "VerdictKind",
     "decide",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 VerdictKind = Literal["match", "mismatch", "error"]
+Role = Literal["primary", "shadow"]
 
 FLAG_NAMESPACE = uuid.UUID("5b0f3c52-6c8e-4b43-9a8e-3f1d2a7c9e41")
 """Namespace of flag ids; fixed forever so ids stay stable across releases."""
@@ -58,6 +60,8 @@ class Verdict:
     error_code: str | None
     scored_at: datetime
     event_time: datetime | None
+    role: Role = "primary"
+    """`primary`: the model in service; `shadow`: a candidate whose verdicts are only stored."""
 
 
 @dataclass(frozen=True)

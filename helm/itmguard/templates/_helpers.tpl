@@ -182,6 +182,13 @@ ITMGUARD_FLAGS_TOPIC: {{ $k.flagsTopic | quote }}
 ITMGUARD_DLQ_TOPIC: {{ $k.dlqTopic | quote }}
 ITMGUARD_GROUP_ID: {{ $k.groupId | quote }}
 ITMGUARD_BUNDLE: {{ trimSuffix "/" (printf "/models/%s" (trimPrefix "/" $w.bundle.path)) | quote }}
+{{- if $w.shadow.path }}
+ITMGUARD_SHADOW_BUNDLE: {{ trimSuffix "/" (printf "/models/%s" (trimPrefix "/" $w.shadow.path)) | quote }}
+{{- if not (kindIs "invalid" $w.shadow.threshold) }}
+ITMGUARD_SHADOW_THRESHOLD: {{ $w.shadow.threshold | toString | quote }}
+{{- end }}
+ITMGUARD_SHADOW_WAIT_S: {{ $w.shadow.waitSeconds | toString | quote }}
+{{- end }}
 ITMGUARD_MAX_BATCH: {{ int64 $w.maxBatch | quote }}
 ITMGUARD_MAX_WAIT_MS: {{ int64 $w.maxWaitMs | quote }}
 {{- if not (kindIs "invalid" $w.threshold) }}
