@@ -82,7 +82,9 @@ def decode_image(
             if min_size is not None:
                 _draft(opened, min_size)
             opened.load()
-            image = ImageOps.exif_transpose(opened)
+            # in place: an upright picture (most are) is then not copied at all
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = opened
     except ImageTooManyPixels:
         raise
     except Image.DecompressionBombError as exc:
