@@ -129,3 +129,64 @@ def test_sigterm_stops_everything_the_demo_started(tiny_bundle: Path, tmp_path: 
     ]
     assert postgres == [], "the demo's Postgres is still running"
     assert os.path.exists(data / "PG_VERSION")
+
+
+def test_demo_review_serves_the_moderators_page_until_interrupted(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """`demo --review` prints the page's address and a demo moderator's password, which signs
+    in to the queue of the demo's posts; Ctrl-C then stops everything and exits 0."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "demo",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--bundle",
+            str(tiny_bundle),
+            "--review",
+            "--review-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "sign in as" in line:
+            break
+    printed = "".join(seen)
+    url = re.search(r"review page: (http://\S+)/review", printed)
+    password = re.search(r"sign in as demo with password (\S+)", printed)
+    assert url and password, printed
+    started = psutil.Process(proc.pid).children(recursive=True)
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    login = opener.open(url.group(1) + "/login").read().decode()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login)
+    assert csrf
+    form = {"csrf": csrf.group(1), "username": "demo", "password": password.group(1)}
+    queue = opener.open(url.group(1) + "/login", urllib.parse.urlencode(form).encode())
+    page = queue.read().decode()
+    assert queue.geturl().endswith("/review") and "Review queue" in page
+    pending = re.search(r'id="stat-pending">(\d+)<', page)
+    flagged = re.search(r"posts: \d+ match, (\d+) mismatch", printed)
+    assert pending and flagged and pending.group(1) == flagged.group(1), printed
+    proc.send_signal(signal.SIGINT)
+    output = proc.stdout.read()
+    assert proc.wait(60) == 0, output
+    assert "review page: stopping" in output and "database: stopping" in output
+    deadline = time.monotonic() + 15
+    while _children_alive([p.pid for p in started]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children_alive([p.pid for p in started]) == []

@@ -102,7 +102,16 @@ def test_next_decide_and_history_in_a_terminal(accounts: str) -> None:
     assert f"item {ids[0]}" in shown.output and "caption a dog on a beach" in shown.output
     assert "claimed by alice until" in shown.output
     assert "https://img.example/0.jpg" in shown.output
-    decided = run(accounts, "decide", str(ids[0]), "confirmed_mismatch", "--note", "a cat")
+    decided = run(
+        accounts,
+        "decide",
+        str(ids[0]),
+        "confirmed_mismatch",
+        "--note",
+        "a cat",
+        "--reason",
+        "spam_scam",
+    )
     assert decided.exit_code == 0, decided.output
     assert f"item {ids[0]}: confirmed_mismatch by alice" in decided.output
     history = run(accounts, "history", str(ids[0]), moderator=None)
@@ -173,7 +182,8 @@ def test_export_labels_feeds_calibration(accounts: str, tmp_path: Path) -> None:
         ids, ("confirmed_mismatch", "not_a_mismatch", "escalate"), strict=True
     ):
         assert run(accounts, "claim", str(item_id)).exit_code == 0
-        assert run(accounts, "decide", str(item_id), decision).exit_code == 0
+        reason = ["--reason", "other_policy"] if decision == "confirmed_mismatch" else []
+        assert run(accounts, "decide", str(item_id), decision, *reason).exit_code == 0
     out = tmp_path / "labels.jsonl"
     result = run(accounts, "export-labels", "--out", str(out), moderator=None)
     assert result.exit_code == 0, result.output

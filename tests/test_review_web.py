@@ -200,12 +200,14 @@ def test_sign_in_then_review_with_clicks(
     with capsys.disabled():
         print(f"\n[review web] screenshot of the review page: {screenshot}")
     page.fill("textarea[name=note]", "the image shows a red circle")
+    page.check("input[name=reason][value=misleading_context]")
     page.click("button[value=confirmed_mismatch]")
     page.wait_for_url(f"{site.url}/items/{site.ids['xss']}")  # the next item, claimed
     decided = site.item("circle")
-    assert (decided.status, decided.decision, decided.decided_by, decided.note) == (
+    assert (decided.status, decided.decision, decided.reason, decided.decided_by, decided.note) == (
         "decided",
         "confirmed_mismatch",
+        "misleading_context",
         "alice",
         "the image shows a red circle",
     )
@@ -222,7 +224,8 @@ def test_sign_in_then_review_with_clicks(
 
 
 def test_keyboard_shortcuts_decide(context: Any, site: Site) -> None:
-    """n takes an item; 2, 3 and 1 decide; keys typed into the note decide nothing."""
+    """n takes an item; 2, 3 and 1 decide (a picks 1's reason); keys typed into the note decide
+    nothing."""
     page = sign_in(context, site)
     page.keyboard.press("n")
     page.wait_for_url(f"{site.url}/items/{site.ids['xss']}")
@@ -234,12 +237,14 @@ def test_keyboard_shortcuts_decide(context: Any, site: Site) -> None:
     page.keyboard.type("1 2 3 looks wrong")
     assert page.url == f"{site.url}/items/{site.ids['triangle']}"
     page.keyboard.press("Escape")
+    page.keyboard.press("a")
     page.keyboard.press("1")
     page.wait_for_url(f"{site.url}/items/{site.ids['square']}")
     assert [
         (site.item(k).decision, site.item(k).decided_by) for k in ("xss", "circle", "triangle")
     ] == [("not_a_mismatch", "alice"), ("escalate", "alice"), ("confirmed_mismatch", "alice")]
     assert site.item("triangle").note == "1 2 3 looks wrong"
+    assert site.item("triangle").reason == "misleading_context"
     assert site.item("square").claimed_by == "alice"
     page.keyboard.press("r")
     page.wait_for_url(f"{site.url}/review?msg=released")

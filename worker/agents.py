@@ -37,6 +37,7 @@ from worker.handler import BatchHandler
 from worker.health import Health
 from worker.kafka_security import KafkaSecurity, ssl_context
 from worker.metrics import Metrics
+from worker.outbox import Relay
 from worker.persistence import write_outcomes
 from worker.pipeline import Pipeline
 from worker.scoring import Scorer
@@ -137,6 +138,13 @@ def create_app(
     )
     handler.metrics.model_info.labels(scorer.model_id, scorer.provider, "primary").set(1)
     within = settings.max_wait_ms / 1000
+    decisions = app.topic(settings.decisions_topic)
+    relay = Relay(engine, lambda key, value: decisions.send(key=key, value=value))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def relay_decisions() -> None:
+        # moderators' decisions, from the review outbox to the decisions topic
+        await relay.run()
 
     # mode's signal types accept no coroutine function that mypy can match
     @app.on_before_shutdown.connect  # type: ignore[arg-type]

@@ -21,7 +21,9 @@ from worker.parsers import mask_url
 from worker.settings_table import MODERATOR_NAME, PROVIDERS, REVIEW_ORDERS, SETTINGS, SettingSpec
 
 __all__ = [
+    "DEFAULT_EXPLAIN_VARIANTS",
     "DEFAULT_FETCH_LIMITS",
+    "DEFAULT_REVIEW_REASONS",
     "DEFAULT_TENSORRT",
     "DEFAULT_TRT_CACHE_DIR",
     "MODERATOR_NAME",
@@ -72,8 +74,23 @@ DEFAULT_TENSORRT = TensorRtTuning()
 """No fp16 override, TensorRT's own workspace limit and builder level."""
 
 
+DEFAULT_EXPLAIN_VARIANTS = 8
+"""Caption variants scored per flagged post to explain it (`worker.explain`)."""
+
+
 DEFAULT_TRT_CACHE_DIR = Path.home() / ".cache" / "itmguard" / "tensorrt"
 """Where TensorRT engines and timing caches go unless ITMGUARD_TRT_CACHE_DIR says otherwise."""
+
+
+DEFAULT_REVIEW_REASONS = (
+    "misleading_context",
+    "manipulated_media",
+    "impersonation",
+    "spam_scam",
+    "graphic_content",
+    "other_policy",
+)
+"""Policy categories of a confirmed mismatch unless ITMGUARD_REVIEW_REASONS lists others."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,7 @@ class Settings:
     posts_topic: str = "posts"
     flags_topic: str = "moderation-flags"
     dlq_topic: str = "posts-dlq"
+    decisions_topic: str = "moderation-decisions"
     group_id: str = "itmguard"
     group_instance_id: str | None = None
     max_batch: int = 32
@@ -95,6 +113,7 @@ class Settings:
     shadow_bundle: Path | None = None
     shadow_threshold: float | None = None
     shadow_wait_s: float = 2.0
+    explain_variants: int = DEFAULT_EXPLAIN_VARIANTS
     providers: tuple[str, ...] = PROVIDERS
     trt_cache_dir: Path = DEFAULT_TRT_CACHE_DIR
     require_provider: str | None = None
@@ -112,6 +131,10 @@ class Settings:
     moderator: str | None = None
     review_lease_s: float = 300.0
     review_order: str = "score"
+    review_reasons: tuple[str, ...] = DEFAULT_REVIEW_REASONS
+    review_require_reason: bool = True
+    review_undo_s: float = 60.0
+    review_second_opinion_share: float = 0.0
     review_host: str = "127.0.0.1"
     review_port: int = 8080
     review_secret: str | None = field(default=None, repr=False)

@@ -29,6 +29,8 @@ Pillow, jsonschema) are translated at the edge that meets them.
     │   │   └── LeaseExpired        the moderator's lease ran out before the action
     │   ├── ItemHeldByOther         another moderator holds a live lease on the item
     │   ├── ItemAlreadyDecided      the item has its decision; decisions are final
+    │   ├── OwnSecondOpinion        a second opinion must come from another moderator
+    │   ├── UndoRefused             not the moderator's decision, or its undo window has passed
     │   ├── UnknownModerator        no enabled moderator account has that name
     │   └── ModeratorExists         an account with that name already exists
     └── InfraError                  something outside the post failed; retried, never dead-lettered
@@ -76,7 +78,9 @@ __all__ = [
     "ItmguardError",
     "LeaseExpired",
     "ModeratorExists",
+    "OwnSecondOpinion",
     "ReviewError",
+    "UndoRefused",
     "UnknownModerator",
     "WarmupFailed",
 ]
@@ -304,6 +308,22 @@ class ItemAlreadyDecided(ReviewError):
         self.decision = decision
         self.by = by
         super().__init__(item_id, f"review item {item_id} was already decided {decision} by {by}")
+
+
+class OwnSecondOpinion(ReviewError):
+    """The item waits for a second opinion, and the moderator gave its first decision."""
+
+    def __init__(self, item_id: int, moderator: str) -> None:
+        self.moderator = moderator
+        super().__init__(
+            item_id,
+            f"review item {item_id} waits for a second opinion, which must come from a "
+            f"moderator other than {moderator}",
+        )
+
+
+class UndoRefused(ReviewError):
+    """The decision cannot be undone: not the moderator's own, or its undo window has passed."""
 
 
 class UnknownModerator(ReviewError):

@@ -1,6 +1,7 @@
 """The settings table: every ITMGUARD_* variable, the Settings attribute it fills, its parser.
 
-Declared once, here: `worker.config` reads it into the one `Settings` object,
+Declared once, here, with the review queue's rows from `worker.settings_review`
+appended: `worker.config` reads it into the one `Settings` object,
 `worker.options` makes each command's flags from it, and `docs/settings.md`
 documents every row (`tests/test_config.py` checks that it does).
 """
@@ -8,10 +9,7 @@ documents every row (`tests/test_config.py` checks that it does).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from worker.kafka_security import SASL_MECHANISMS, SECURITY_PROTOCOLS
 from worker.parsers import (
@@ -24,40 +22,19 @@ from worker.parsers import (
     float_in,
     int_in,
     matching,
-    networks,
     nonempty,
     optional,
-    secret,
-    secret_file,
     topic_name,
 )
+from worker.settings_review import MODERATOR_NAME, REVIEW_ORDERS, REVIEW_SETTINGS
+from worker.settings_spec import SettingSpec
 
 __all__ = ["LOG_LEVELS", "MODERATOR_NAME", "PROVIDERS", "REVIEW_ORDERS", "SETTINGS", "SettingSpec"]
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-REVIEW_ORDERS = ("score", "age")
-MODERATOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-MODERATOR_RULE = "1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
 KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 KAFKA_NAME_RULE = "1-249 letters, digits, '.', '_' or '-' (a pod name fits)"
-
-
-@dataclass(frozen=True)
-class SettingSpec:
-    """One setting: its env variable, the Settings attribute it fills, its parser."""
-
-    env: str
-    attr: str
-    parse: Callable[[str], Any]
-    help: str
-    secret: bool = False
-    env_only: bool = False
-    """No flag: the value would show in `ps`; it comes from the environment alone."""
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.env.removeprefix("ITMGUARD_").lower().replace("_", "-")
 
 
 SETTINGS: tuple[SettingSpec, ...] = (
@@ -135,6 +112,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "dead-letter topic for posts that could not be scored",
     ),
     SettingSpec(
+        "ITMGUARD_DECISIONS_TOPIC",
+        "decisions_topic",
+        topic_name,
+        "topic moderators' decisions (and their undos) are published to",
+    ),
+    SettingSpec(
         "ITMGUARD_GROUP_ID",
         "group_id",
         topic_name,
@@ -180,6 +163,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "shadow_wait_s",
         float_in(0.0, 600.0),
         "longest a batch waits for the shadow's scores after the primary's, in seconds",
+    ),
+    SettingSpec(
+        "ITMGUARD_EXPLAIN_VARIANTS",
+        "explain_variants",
+        int_in(0, 64),
+        "caption variants scored per flagged post to find the words the image contradicts; "
+        "0: no explanations",
     ),
     SettingSpec(
         "ITMGUARD_PROVIDERS",
@@ -321,59 +311,5 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "Kafka consumer heartbeat interval in seconds",
     ),
     SettingSpec("ITMGUARD_LOG_LEVEL", "log_level", choice(LOG_LEVELS), "log level"),
-    SettingSpec(
-        "ITMGUARD_MODERATOR",
-        "moderator",
-        matching(MODERATOR_NAME, MODERATOR_RULE),
-        "moderator account the `itmguard review` commands act as",
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_LEASE_S",
-        "review_lease_s",
-        float_in(1.0, 86_400.0),
-        "how long a claimed review item stays with its moderator, in seconds",
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_ORDER",
-        "review_order",
-        choice(REVIEW_ORDERS),
-        "which pending item is claimed next: score (lowest first) or age (oldest first)",
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_HOST", "review_host", nonempty, "address the review web page listens on"
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_PORT",
-        "review_port",
-        int_in(1, 65_535),
-        "port the review web page listens on",
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_SECRET",
-        "review_secret",
-        secret,
-        "key that signs review-page session cookies, at least 32 characters; "
-        "environment only (a flag shows in `ps`)",
-        secret=True,
-        env_only=True,
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_SECRET_FILE",
-        "review_secret",
-        secret_file,
-        "file holding the key that signs review-page session cookies (a mounted secret)",
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_IDLE_S",
-        "review_idle_s",
-        float_in(60.0, 43_200.0),
-        "a review-page session unused this long ends, in seconds",
-    ),
-    SettingSpec(
-        "ITMGUARD_REVIEW_TRUSTED_PROXIES",
-        "review_trusted_proxies",
-        networks,
-        "addresses or networks of the proxies in front of the review page whose "
-        "X-Forwarded-For is believed, comma separated",
-    ),
+    *REVIEW_SETTINGS,
 )

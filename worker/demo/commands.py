@@ -40,20 +40,38 @@ __all__ = ["demo"]
     type=click.FloatRange(1),
     help="seconds to wait for every verdict",
 )
+@click.option(
+    "--review",
+    is_flag=True,
+    help="then keep everything running and serve the review page with a demo moderator "
+    "account, until Ctrl-C",
+)
+@click.option(
+    "--review-port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65_535),
+    help="port of the review page on 127.0.0.1 (0: any free port)",
+)
 def demo(
     workdir: Path | None,
     bootstrap: str | None,
     database_url: str | None,
     bundle: Path | None,
     timeout: float,
+    review: bool,
+    review_port: int,
 ) -> None:
     """Run the whole pipeline on this machine: broker, database, worker, real photos, a report.
 
-    Everything started here is stopped again on success, failure, Ctrl-C or SIGTERM.
+    With --review, the moderators' side follows: the review page over the same posts,
+    served until Ctrl-C. Everything started here is stopped again on success, failure,
+    Ctrl-C or SIGTERM.
     """
     import time
 
-    from worker.demo.report import format_table, write_report
+    from worker.demo.report import Row, format_table, write_report
+    from worker.demo.review import serve_review
     from worker.demo.run import (
         DemoOptions,
         default_workdir,
@@ -71,13 +89,24 @@ def demo(
         bundle=bundle,
         timeout_s=timeout,
     )
+
+    def show(rows: list[Row]) -> None:
+        click.echo(format_table(rows))
+        report = write_report(rows, options.workdir / "report.html")
+        click.echo(f"report: {report}")
+        click.echo(f"done in {time.monotonic() - started:.0f}s")
+
+    def show_and_serve(rows: list[Row], database_url: str) -> None:
+        show(rows)
+        serve_review(database_url, review_port, click.echo)
+
     click.echo(f"itmguard demo, working in {options.workdir}")
     try:
-        rows = run_demo(options, starter_bundle, photo_samples())
+        rows = run_demo(
+            options, starter_bundle, photo_samples(), then=show_and_serve if review else None
+        )
     except KeyboardInterrupt:
         click.echo("interrupted: everything the demo started has been stopped", err=True)
         sys.exit(130)
-    click.echo(format_table(rows))
-    report = write_report(rows, options.workdir / "report.html")
-    click.echo(f"report: {report}")
-    click.echo(f"done in {time.monotonic() - started:.0f}s")
+    if not review:
+        show(rows)

@@ -86,8 +86,13 @@ def run_demo(
     build_bundle: Callable[[Path], Path],
     samples: Sequence[Sample],
     echo: Callable[[str], None] = click.echo,
+    then: Callable[[list[Row], str], None] | None = None,
 ) -> list[Row]:
-    """Run the demo end to end; returns one row per sample, in sample order."""
+    """Run the demo end to end; returns one row per sample, in sample order.
+
+    `then(rows, database_url)`, when given, runs once every verdict is in and before
+    anything started is stopped, so the services can be shown while they still run.
+    """
     workdir = options.workdir
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     # the time for people to read, and a random suffix so two runs in one second stay apart
@@ -100,7 +105,10 @@ def run_demo(
         database_url = options.database_url or _embedded_database(stack, workdir, echo)
         echo("database: migrating")
         command.upgrade(alembic_config(database_url), "head")
-        create_topics(bootstrap, {"posts": 4, "moderation-flags": 1, "posts-dlq": 1})
+        create_topics(
+            bootstrap,
+            {"posts": 4, "moderation-flags": 1, "posts-dlq": 1, "moderation-decisions": 1},
+        )
         worker = stack.enter_context(
             _worker(workdir / "logs" / f"worker-{run_id}.log", bootstrap, database_url, bundle)
         )
@@ -117,7 +125,10 @@ def run_demo(
         engine = sa.create_engine(database_url)
         stack.callback(engine.dispose)
         _wait_for_verdicts(engine, run_id, len(samples), worker, options.timeout_s)
-        return _rows(engine, run_id, post_ids, samples)
+        rows = _rows(engine, run_id, post_ids, samples)
+        if then is not None:
+            then(rows, database_url)
+        return rows
 
 
 @contextmanager
@@ -219,8 +230,10 @@ def _rows(
             r.post_id: r
             for r in conn.execute(
                 sa.text(
-                    "SELECT post_id, score, verdict, error_code, model_id FROM verdicts "
-                    "WHERE post_id LIKE :prefix"
+                    "SELECT v.post_id, v.score, v.verdict, v.error_code, v.model_id, "
+                    "r.explanation FROM verdicts v LEFT JOIN review_items r "
+                    "ON r.post_id = v.post_id AND r.model_id = v.model_id "
+                    "WHERE v.post_id LIKE :prefix"
                 ),
                 {"prefix": f"demo-{run_id}-%"},
             )
@@ -233,6 +246,7 @@ def _rows(
             found[pid].verdict,
             found[pid].error_code,
             found[pid].model_id,
+            found[pid].explanation,
         )
         for pid, sample in zip(post_ids, samples, strict=True)
     ]
@@ -243,9 +257,9 @@ def starter_path(bundles: Path) -> Path:
 
     The folder name carries a digest of the modules that define the starter recipe
     (the export, the matcher, its pretrained pieces, the labelled set's reading and
-    figures; not `export.starter_report`, which only measures) and of the labelled set,
-    so an upgrade that changes any of them builds a new bundle instead of reusing a
-    stale one.
+    figures, the two-graph split; not `export.starter_report`, which only measures)
+    and of the labelled set, so an upgrade that changes any of them builds a new
+    bundle instead of reusing a stale one.
     """
     import export
 
@@ -256,6 +270,7 @@ def starter_path(bundles: Path) -> Path:
         "starter_model.py",
         "starter_parts.py",
         "starter_set.py",
+        "split.py",
         "starter_data/labelled.json",
     ):
         digest.update((root / part).read_bytes())

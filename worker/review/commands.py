@@ -23,18 +23,26 @@ from worker.review.origin import cli_origin
 
 __all__ = ["review"]
 
+_WORKFLOW = (
+    "ITMGUARD_REVIEW_REASONS",
+    "ITMGUARD_REVIEW_REQUIRE_REASON",
+    "ITMGUARD_REVIEW_UNDO_S",
+    "ITMGUARD_REVIEW_SECOND_OPINION_SHARE",
+)
 _REVIEW = (
     "ITMGUARD_DATABASE_URL",
     "ITMGUARD_LOG_LEVEL",
     "ITMGUARD_MODERATOR",
     "ITMGUARD_REVIEW_LEASE_S",
     "ITMGUARD_REVIEW_ORDER",
+    *_WORKFLOW,
 )
 _REVIEW_SERVE = (
     "ITMGUARD_DATABASE_URL",
     "ITMGUARD_LOG_LEVEL",
     "ITMGUARD_REVIEW_LEASE_S",
     "ITMGUARD_REVIEW_ORDER",
+    *_WORKFLOW,
     "ITMGUARD_REVIEW_HOST",
     "ITMGUARD_REVIEW_PORT",
     "ITMGUARD_REVIEW_SECRET_FILE",
@@ -103,6 +111,12 @@ def _echo_item(item: Any, as_json: bool) -> None:
         f"image {image}",
         f"caption {_terminal(item.caption)}",
     ]
+    culprits = (item.explanation or {}).get("culprits", [])
+    if culprits:
+        lines.append(
+            "contradicted "
+            + ", ".join(f'"{_terminal(c["text"])}" (+{score_text(c["delta"])})' for c in culprits)
+        )
     if item.status == "claimed":
         lines.append(f"claimed by {item.claimed_by} until {_when(item.lease_expires_at)}")
     elif item.status == "decided":
@@ -165,15 +179,24 @@ def review_claim(item_id: int | None, as_json: bool, **flags: str | None) -> Non
 @click.option(
     "--note", default=None, help="free text kept with the decision (at most 2,000 characters)"
 )
+@click.option("--reason", default=None, help="policy category of a confirmed mismatch")
 @click.argument("item_id", type=int)
 @click.argument("decision", type=click.Choice(["confirmed_mismatch", "not_a_mismatch", "escalate"]))
-def review_decide(item_id: int, decision: str, note: str | None, **flags: str | None) -> None:
-    """Decide item ITEM_ID, which you must hold: confirmed_mismatch, not_a_mismatch or escalate."""
+def review_decide(
+    item_id: int, decision: str, note: str | None, reason: str | None, **flags: str | None
+) -> None:
+    """Decide item ITEM_ID, which you must hold: confirmed_mismatch (with --reason, one of
+    ITMGUARD_REVIEW_REASONS), not_a_mismatch or escalate."""
+    from worker.review.decisions import DecisionPolicy
     from worker.review.queue import decide
 
-    _, engine, name = _review_engine(flags)
-    item = decide(engine, item_id, name, decision, note, origin=cli_origin())
-    click.echo(f"item {item.id}: {item.decision} by {item.decided_by}")
+    settings, engine, name = _review_engine(flags)
+    policy = DecisionPolicy.from_settings(settings)
+    item = decide(
+        engine, item_id, name, decision, note, reason=reason, policy=policy, origin=cli_origin()
+    )
+    second = "; sent for a second opinion" if item.status == "pending" else ""
+    click.echo(f"item {item.id}: {decision} by {name}{second}")
 
 
 @review.command("release")
@@ -197,12 +220,13 @@ def review_release(item_id: int | None, **flags: str | None) -> None:
 @_JSON
 def review_stats(as_json: bool, **flags: str | None) -> None:
     """Pending, claimed and decided items (by decision), and the oldest pending item's age."""
+    from worker.review.figures import figures
     from worker.review.items import stats
 
     _, engine, _ = _review_engine(flags, moderator=False)
-    got = stats(engine)
+    got, team = stats(engine), figures(engine)
     if as_json:
-        click.echo(json.dumps(got.to_dict()))
+        click.echo(json.dumps({**got.to_dict(), "figures": team.to_dict()}))
         return
     age = "-" if got.oldest_pending_age_s is None else f"{got.oldest_pending_age_s:.0f} s"
     click.echo(
@@ -212,6 +236,8 @@ def review_stats(as_json: bool, **flags: str | None) -> None:
     for decision, count in got.decided.items():
         click.echo(f"{decision} {count}")
     click.echo(f"oldest pending {age}")
+    agreement = "-" if team.agreement is None else f"{team.agreement:.0%}"
+    click.echo(f"second opinions {team.second_opinions}, agreeing {agreement}")
 
 
 @review.command("history")
@@ -293,7 +319,8 @@ def review_export_labels(
     click.echo(
         f"wrote {counts.written} labelled posts; left out {counts.escalated} escalated, "
         f"{counts.superseded} older decisions on the same post ({counts.conflicts} disagreeing), "
-        f"{counts.unusable} without caption or image",
+        f"{counts.unusable} without caption or image; {counts.second_opinions} second "
+        f"opinions, {counts.agreed} agreeing with the first decision",
         err=True,
     )
 

@@ -10,9 +10,16 @@ instead of obeying it. Scores near zero keep enough digits to be told apart.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-__all__ = ["CAPTION_PREVIEW_CHARS", "character_name", "hidden_characters", "score_text"]
+__all__ = [
+    "CAPTION_PREVIEW_CHARS",
+    "character_name",
+    "contradicted_runs",
+    "hidden_characters",
+    "score_text",
+]
 
 CAPTION_PREVIEW_CHARS = 280
 """Characters of a caption shown before the rest is folded away behind an expander."""
@@ -53,3 +60,28 @@ def score_text(value: float) -> str:
     if value == 0 or abs(value) >= 0.001:
         return f"{value:.3f}"
     return f"{value:.2e}"
+
+
+def contradicted_runs(
+    text: str, explanation: Mapping[str, Any] | None
+) -> Iterator[tuple[bool, str]]:
+    """`text` in runs: (True, words the image contradicts) and (False, the rest), from an
+    explanation's `culprits` (`worker.explain`). Spans past the end of `text` (a cut
+    preview) are cut with it; overlapping or malformed ones are skipped."""
+    spans = sorted(
+        (int(c["start"]), min(int(c["end"]), len(text)))
+        for c in (explanation or {}).get("culprits", [])
+        if isinstance(c, Mapping)
+        and isinstance(c.get("start"), int)
+        and isinstance(c.get("end"), int)
+    )
+    at = 0
+    for start, end in spans:
+        if start < at or start >= end:
+            continue
+        if start > at:
+            yield False, text[at:start]
+        yield True, text[start:end]
+        at = end
+    if at < len(text):
+        yield False, text[at:]

@@ -55,6 +55,10 @@ _ITEM_NAMES = (
     "decided_by",
     "decided_at",
     "note",
+    "reason",
+    "opinion",
+    "author_id",
+    "explanation",
 )
 
 
@@ -94,6 +98,13 @@ class Item:
     decided_by: str | None = None
     decided_at: datetime | None = None
     note: str | None = None
+    reason: str | None = None
+    opinion: int = 1
+    """1 while the item waits for (or has) its first decision, 2 for a second opinion."""
+    author_id: str | None = None
+    explanation: dict[str, Any] | None = None
+    """Which words of the caption the image contradicts (`worker.explain`), when the worker
+    explained the mismatch."""
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Item:
@@ -115,7 +126,7 @@ _ITEM_FIELDS = frozenset(Item.__dataclass_fields__)
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One row of an item's audit history: a claim, renew, release, expire or decide.
+    """One row of an item's audit history: a claim, renew, release, expire, decide or undo.
 
     `via` is `web` or `cli` (None for rows older than migration 0004, or written
     without an origin); `os_user` is who ran the CLI.
@@ -131,6 +142,7 @@ class AuditEntry:
     at: datetime
     via: str | None = None
     os_user: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,7 @@ def history(engine: sa.Engine, item_id: int) -> list[AuditEntry]:
         rows = conn.execute(
             sa.text(
                 "SELECT id, item_id, action, moderator, decision, note, lease_expires_at, at, "
-                "via, os_user FROM review_audit WHERE item_id = :id ORDER BY id"
+                "via, os_user, reason FROM review_audit WHERE item_id = :id ORDER BY id"
             ),
             {"id": item_id},
         ).all()

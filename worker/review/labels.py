@@ -32,6 +32,10 @@ class ExportCounts:
     superseded: int = 0
     conflicts: int = 0
     unusable: int = 0
+    second_opinions: int = 0
+    """Labels written whose decision is a second opinion on another moderator's first."""
+    agreed: int = 0
+    """Of those, the ones where the two decisions agreed."""
 
 
 def export_labels(
@@ -48,7 +52,9 @@ def export_labels(
     `label`: 0 for `confirmed_mismatch`, 1 for `not_a_mismatch`. Escalated
     items carry no label and are left out. A post reviewed under several
     models keeps its latest decision; when its decisions disagree it counts
-    as a conflict. `metadata.review` says where each label came from.
+    as a conflict. `metadata.review` says where each label came from: the
+    decision, its reason, and for an item that had a second opinion the first
+    decision and whether the two agreed (the label is the second opinion).
 
     Args:
         model_id: only items queued by this model's flags.
@@ -72,7 +78,10 @@ def export_labels(
         rows = conn.execution_options(yield_per=500).execute(
             sa.text(
                 "SELECT id, post_id, model_id, score, threshold, caption, image_url, thumbnail, "
-                f"event_time, decision, decided_at FROM review_items WHERE {where} "
+                "event_time, decision, decided_at, reason, (SELECT f.decision FROM "
+                "review_decisions f WHERE f.item_id = review_items.id AND f.opinion = 1 "
+                "AND f.undone_at IS NULL AND review_items.opinion = 2) AS first_decision "
+                f"FROM review_items WHERE {where} "
                 "AND decision <> 'escalate' ORDER BY post_id, decided_at DESC, id DESC"
             ),
             params,
@@ -92,6 +101,9 @@ def export_labels(
             current, label = row.post_id, event["label"]
             out.write(json.dumps(event, ensure_ascii=False) + "\n")
             counts.written += 1
+            if row.first_decision is not None:
+                counts.second_opinions += 1
+                counts.agreed += row.first_decision == row.decision
     return counts
 
 
@@ -115,8 +127,14 @@ def _labelled_event(row: sa.Row[Any]) -> dict[str, Any] | None:
             "threshold": row.threshold,
             "decision": row.decision,
             "decided_at": row.decided_at.isoformat(),
+            "reason": row.reason,
             "image_source": "url" if "url" in image else "thumbnail",
         }
     }
+    if row.first_decision is not None:
+        event["metadata"]["review"]["second_opinion"] = {
+            "first_decision": row.first_decision,
+            "agreed": row.first_decision == row.decision,
+        }
     event["label"] = LABELS[row.decision]
     return event

@@ -28,11 +28,15 @@ from worker.errors import (
     ItemNotClaimed,
     ItemNotFound,
     LeaseExpired,
+    OwnSecondOpinion,
     ReviewError,
 )
 from worker.persistence import translated
+from worker.review.decisions import NO_POLICY, DecisionPolicy, record
 from worker.review.items import DECISIONS, ITEM_COLUMNS, Item, item_columns
+from worker.review.ledger import audit, origin_params
 from worker.review.origin import Origin
+from worker.review.triage import ANY_ITEM, Triage
 
 __all__ = [
     "MAX_NOTE_CHARS",
@@ -46,39 +50,6 @@ __all__ = [
 
 MAX_NOTE_CHARS = 2000
 _ORDER_BY = {"score": "score, id", "age": "created_at, id"}
-
-
-def _audit(
-    conn: sa.Connection,
-    item_id: int,
-    action: str,
-    moderator: str,
-    *,
-    decision: str | None = None,
-    note: str | None = None,
-    lease_expires_at: datetime | None = None,
-    origin: Origin | None,
-) -> None:
-    conn.execute(
-        sa.text(
-            "INSERT INTO review_audit (item_id, action, moderator, decision, note, "
-            "lease_expires_at, via, os_user) VALUES (:item_id, :action, :moderator, :decision, "
-            ":note, :lease, :via, :os_user)"
-        ),
-        {
-            "item_id": item_id,
-            "action": action,
-            "moderator": moderator,
-            "decision": decision,
-            "note": note,
-            "lease": lease_expires_at,
-            **_origin(origin),
-        },
-    )
-
-
-def _origin(origin: Origin | None) -> dict[str, str | None]:
-    return {"via": origin.via if origin else None, "os_user": origin.os_user if origin else None}
 
 
 def _expire(conn: sa.Connection, origin: Origin | None) -> int:
@@ -100,7 +71,7 @@ def _expire(conn: sa.Connection, origin: Origin | None) -> int:
         SELECT id, 'expire', claimed_by, lease_expires_at, :via, :os_user FROM returned
         """
         ),
-        _origin(origin),
+        origin_params(origin),
     )
     return result.rowcount or 0
 
@@ -137,6 +108,7 @@ def claim_next(
     *,
     lease_s: float,
     order: str = "score",
+    triage: Triage = ANY_ITEM,
     origin: Origin | None = None,
 ) -> Item | None:
     """Claim the next item for `moderator`, or return the one they already hold.
@@ -144,8 +116,10 @@ def claim_next(
     Expired leases go back to the queue first. A moderator who holds a live
     lease gets that item again, its lease renewed, so reloading a page or
     running `next` twice never hoards items. Otherwise the next pending item
-    by `order` is taken: `score` (lowest match probability, the most confident
-    mismatch, first) or `age` (oldest first).
+    that `triage` admits is taken by `order`: `score` (lowest match
+    probability, the most confident mismatch, first) or `age` (oldest first).
+    An item waiting for a second opinion is never given to the moderator who
+    made its first decision.
 
     Returns:
         The claimed item, or None when nothing is pending.
@@ -166,7 +140,7 @@ def claim_next(
         ).scalar_one_or_none()
         if held is not None:
             item = _lease(conn, held, moderator, lease_s)
-            _audit(
+            audit(
                 conn,
                 item.id,
                 "renew",
@@ -175,11 +149,15 @@ def claim_next(
                 origin=origin,
             )
             return item
+        where, params = triage.where()
         row = conn.execute(
             sa.text(
                 f"""
                 WITH next AS (
-                    SELECT id FROM review_items WHERE status = 'pending'
+                    SELECT id FROM review_items WHERE status = 'pending' AND {where}
+                    AND (opinion = 1 OR NOT EXISTS (SELECT 1 FROM review_decisions d
+                        WHERE d.item_id = review_items.id AND d.moderator = :m
+                        AND d.undone_at IS NULL))
                     ORDER BY {_ORDER_BY[order]} LIMIT 1 FOR UPDATE SKIP LOCKED
                 )
                 UPDATE review_items r
@@ -189,12 +167,12 @@ def claim_next(
                 RETURNING {item_columns("r")}
                 """
             ),
-            {"m": moderator, "lease": lease_s},
+            {"m": moderator, "lease": lease_s, **params},
         ).one_or_none()
         if row is None:
             return None
         item = Item.from_row(row)
-        _audit(
+        audit(
             conn, item.id, "claim", moderator, lease_expires_at=item.lease_expires_at, origin=origin
         )
         return item
@@ -216,6 +194,7 @@ def claim(
         ItemNotFound: no such item.
         ItemAlreadyDecided: the item has its decision.
         ItemHeldByOther: another moderator's lease on it is still running.
+        OwnSecondOpinion: it waits for a second opinion on the moderator's own decision.
         DatabaseUnavailable: the database could not be reached; nothing changed.
     """
     with translated(), engine.begin() as conn:
@@ -227,7 +206,7 @@ def claim(
                 if holder != moderator:
                     raise ItemHeldByOther(item_id, holder=holder, until=until)
                 item = _lease(conn, item_id, moderator, lease_s)
-                _audit(
+                audit(
                     conn,
                     item_id,
                     "renew",
@@ -236,12 +215,27 @@ def claim(
                     origin=origin,
                 )
                 return item
-            _audit(conn, item_id, "expire", holder, lease_expires_at=until, origin=origin)
+            audit(conn, item_id, "expire", holder, lease_expires_at=until, origin=origin)
+        if item.opinion == 2 and _gave_first_opinion(conn, item_id, moderator):
+            raise OwnSecondOpinion(item_id, moderator)
         item = _lease(conn, item_id, moderator, lease_s)
-        _audit(
+        audit(
             conn, item_id, "claim", moderator, lease_expires_at=item.lease_expires_at, origin=origin
         )
         return item
+
+
+def _gave_first_opinion(conn: sa.Connection, item_id: int, moderator: str) -> bool:
+    return (
+        conn.execute(
+            sa.text(
+                "SELECT 1 FROM review_decisions WHERE item_id = :id AND moderator = :m "
+                "AND opinion = 1 AND undone_at IS NULL"
+            ),
+            {"id": item_id, "m": moderator},
+        ).first()
+        is not None
+    )
 
 
 def release(
@@ -260,7 +254,7 @@ def release(
         item, now = _locked(conn, item_id)
         _check_holder(item, moderator, now, expired_ok=True)
         _return(conn, item_id)
-        _audit(
+        audit(
             conn,
             item_id,
             "release",
@@ -282,7 +276,7 @@ def release_all(engine: sa.Engine, moderator: str, *, origin: Origin | None = No
         ).all()
         for row in rows:
             _return(conn, row.id)
-            _audit(
+            audit(
                 conn,
                 row.id,
                 "release",
@@ -323,16 +317,24 @@ def decide(
     decision: str,
     note: str | None = None,
     *,
+    reason: str | None = None,
+    policy: DecisionPolicy = NO_POLICY,
     origin: Origin | None = None,
 ) -> Item:
     """Record `moderator`'s decision on item `item_id`, which they must hold with a live lease.
 
+    The decision, its audit row and its message for the decisions topic are
+    written in one transaction (`worker.review.decisions`). A first decision
+    that `policy` draws for a second opinion returns the item to the queue,
+    pending with `opinion` 2, for another moderator.
+
     Args:
         decision: `confirmed_mismatch`, `not_a_mismatch` or `escalate`.
         note: optional free text for other moderators, at most 2,000 characters.
+        reason: the policy category of a confirmed mismatch, one of `policy.reasons`.
 
     Raises:
-        ReviewError: the decision or the note is not acceptable.
+        ReviewError: the decision, the reason or the note is not acceptable.
         ItemNotFound: no such item.
         ItemAlreadyDecided: the item has its decision; decisions are final.
         ItemHeldByOther: another moderator holds it.
@@ -342,29 +344,21 @@ def decide(
     """
     if decision not in DECISIONS:
         raise ReviewError(item_id, f"decision must be one of {', '.join(DECISIONS)}")
+    reason = policy.check_reason(item_id, decision, reason)
     note = _clean_note(item_id, note)
     with translated(), engine.begin() as conn:
         item, now = _locked(conn, item_id)
         _check_holder(item, moderator, now, expired_ok=False)
-        row = conn.execute(
-            sa.text(
-                "UPDATE review_items SET status = 'decided', decision = :d, decided_by = :m, "
-                "decided_at = now(), note = :note, claimed_by = NULL, claimed_at = NULL, "
-                f"lease_expires_at = NULL WHERE id = :id RETURNING {ITEM_COLUMNS}"
-            ),
-            {"id": item_id, "d": decision, "m": moderator, "note": note},
-        ).one()
-        _audit(
+        return record(
             conn,
-            item_id,
-            "decide",
+            item,
             moderator,
-            decision=decision,
+            decision,
+            reason=reason,
             note=note,
-            lease_expires_at=item.lease_expires_at,
+            policy=policy,
             origin=origin,
         )
-        return Item.from_row(row)
 
 
 def _clean_note(item_id: int, note: str | None) -> str | None:

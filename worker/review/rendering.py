@@ -22,13 +22,14 @@ from markupsafe import Markup, escape
 from worker.review.display import (
     CAPTION_PREVIEW_CHARS,
     character_name,
+    contradicted_runs,
     hidden_characters,
     score_text,
 )
 from worker.review.items import DECISIONS, Item
 from worker.review.sessions import SESSION
 
-__all__ = ["MESSAGES", "TEMPLATES", "image_src", "render", "templates", "visible"]
+__all__ = ["MESSAGES", "REASON_KEYS", "TEMPLATES", "image_src", "render", "templates", "visible"]
 
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 MESSAGES = {
@@ -39,9 +40,20 @@ MESSAGES = {
     "expired": "Your lease on this item ran out, so it went back to the queue. Claim it again.",
     "not_claimed": "You do not hold this item: claim it first.",
     "decided": "This item already has its decision.",
-    "invalid": "That decision or note was not accepted.",
+    "invalid": "That decision was not accepted: a confirmed mismatch needs a reason from the "
+    "list, and a note is at most 2,000 characters.",
+    "own_opinion": "This item waits for a second opinion on your own decision: "
+    "another moderator gives it.",
+    "undo_refused": "That decision can no longer be undone: only your own latest decision, "
+    "within the undo window.",
+    "undone": "Decision undone: the item is yours again to decide.",
+    "display_saved": "Display settings saved.",
 }
 """What a redirect's `msg` and `error` query parameters stand for; unknown codes show nothing."""
+
+REASON_KEYS = "abdefghijklmopqstwxyz"
+"""Keys that pick a reason on the item page, in the order of ITMGUARD_REVIEW_REASONS; the
+letters the page's other shortcuts use (c, n, r, u, v) are left out."""
 
 
 def templates() -> jinja2.Environment:
@@ -57,8 +69,10 @@ def templates() -> jinja2.Environment:
     env.filters["age"] = _age
     env.filters["human"] = lambda s: s.replace("_", " ")
     env.filters["visible"] = visible
+    env.filters["explained"] = explained
     env.filters["score"] = score_text
     env.globals["preview_chars"] = CAPTION_PREVIEW_CHARS
+    env.globals["reason_keys"] = REASON_KEYS
     return env
 
 
@@ -71,6 +85,16 @@ def visible(text: str) -> Markup:
         if hidden
         else escape(part)
         for hidden, part in hidden_characters(text)
+    )
+
+
+def explained(text: str, explanation: dict[str, Any] | None) -> Markup:
+    """`text` as `visible` shows it, the words the image contradicts marked."""
+    return Markup("").join(
+        Markup('<mark class="contradicted">{}</mark>').format(visible(part))
+        if contradicted
+        else visible(part)
+        for contradicted, part in contradicted_runs(text, explanation)
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
@@ -29,16 +29,16 @@ import structlog
 from aiohttp import web
 
 from worker.config import REVIEW_ORDERS, Settings
-from worker.errors import (
-    ConfigError,
-    ItemAlreadyDecided,
-    ItemHeldByOther,
-    ItemNotClaimed,
-    ItemNotFound,
-    LeaseExpired,
-    ReviewError,
+from worker.errors import ConfigError, ItemNotFound
+from worker.review import pages
+from worker.review.decisions import DecisionPolicy, latest_undoable
+from worker.review.inputs import (
+    MAX_FILTER_CHARS,
+    MAX_PAGE,
+    page_number,
+    requested_item,
+    text_filter,
 )
-from worker.review.inputs import MAX_PAGE, page_number, requested_item, text_filter
 from worker.review.items import (
     DECISIONS,
     STATUSES,
@@ -60,9 +60,12 @@ from worker.review.queue import (
     release,
 )
 from worker.review.rendering import MESSAGES, TEMPLATES, image_src, render, templates
+from worker.review.routing import ENGINE, SETTINGS, act, redirect
 from worker.review.sessions import FORM, SESSIONS, Sessions, admit, moderator
 from worker.review.signin import HASH_THREADS, SIGN_IN, SignIn, login, login_page, logout
 from worker.review.throttle import DEFAULT_THROTTLE, ThrottlePolicy
+from worker.review.triage import BANDS, Triage, context, pending_by_band
+from worker.review.wellness import display_for
 
 __all__ = ["create_app", "serve"]
 
@@ -71,35 +74,6 @@ log = structlog.get_logger(__name__)
 SWEEP_INTERVAL_S = 30.0
 PAGE_SIZE = 50
 _STATIC = {"review.js": "text/javascript", "review.css": "text/css", "favicon.svg": "image/svg+xml"}
-
-_ENGINE = web.AppKey("engine", sa.Engine)
-_SETTINGS = web.AppKey("settings", Settings)
-
-
-def _redirect(path: str, **query: str) -> web.HTTPSeeOther:
-    return web.HTTPSeeOther(f"{path}?{urlencode(query)}" if query else path)
-
-
-def _error_code(exc: ReviewError) -> str:
-    if isinstance(exc, ItemHeldByOther):
-        return "held"
-    if isinstance(exc, LeaseExpired):
-        return "expired"
-    if isinstance(exc, ItemNotClaimed):
-        return "not_claimed"
-    if isinstance(exc, ItemAlreadyDecided):
-        return "decided"
-    return "invalid"
-
-
-async def _act(item_id: int, action: Callable[[], object]) -> None:
-    """Run a queue action on an item; a refusal sends the moderator back to it, told why."""
-    try:
-        await asyncio.to_thread(action)
-    except ItemNotFound:
-        raise web.HTTPNotFound() from None
-    except ReviewError as exc:
-        raise _redirect(f"/items/{item_id}", error=_error_code(exc)) from None
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -120,50 +94,75 @@ async def _static(request: web.Request) -> web.Response:
 
 
 async def _home(_request: web.Request) -> web.Response:
-    raise _redirect("/review")
+    raise redirect("/review")
 
 
 async def _queue(request: web.Request) -> web.Response:
-    engine = request.app[_ENGINE]
-    held = await asyncio.to_thread(held_by, engine, moderator(request))
+    engine, user = request.app[ENGINE], moderator(request)
+    held = await asyncio.to_thread(held_by, engine, user)
     if held:
-        raise _redirect(f"/items/{held[0].id}")
+        raise redirect(f"/items/{held[0].id}")
     counts = await asyncio.to_thread(stats, engine)
+    bands = await asyncio.to_thread(pending_by_band, engine)
+    settings = request.app[SETTINGS]
+    recent = await asyncio.to_thread(latest_undoable, engine, user, settings.review_undo_s)
     return render(
         request,
         "queue.html",
         stats=counts,
         orders=REVIEW_ORDERS,
-        order=request.app[_SETTINGS].review_order,
+        order=settings.review_order,
+        triage=bands,
+        models=sorted({row["model_id"] for row in bands}),
+        bands=BANDS,
+        recent=recent,
     )
 
 
+def _triage(form: Mapping[str, Any]) -> Triage:
+    """The part of the queue a form asks for; anything unknown means the whole queue."""
+    model = str(form.get("model_id", "")).strip()
+    band = str(form.get("band", ""))
+    return Triage(model_id=model[:MAX_FILTER_CHARS] or None, band=band if band in BANDS else None)
+
+
+def _item_url(item_id: int, triage: Triage) -> web.HTTPSeeOther:
+    """To the item, keeping the part of the queue being worked for the claim after it."""
+    kept = {"model_id": triage.model_id or "", "band": triage.band or ""}
+    return redirect(f"/items/{item_id}", **{k: v for k, v in kept.items() if v})
+
+
 async def _next(request: web.Request) -> web.Response:
-    settings = request.app[_SETTINGS]
-    order = str(request[FORM].get("order", settings.review_order))
+    settings, form = request.app[SETTINGS], request[FORM]
+    order = str(form.get("order", settings.review_order))
     if order not in REVIEW_ORDERS:
         order = settings.review_order
     item = await asyncio.to_thread(
         claim_next,
-        request.app[_ENGINE],
+        request.app[ENGINE],
         moderator(request),
         lease_s=settings.review_lease_s,
         order=order,
+        triage=(triage := _triage(form)),
         origin=WEB,
     )
     if item is None:
-        raise _redirect("/review", msg="empty")
-    raise _redirect(f"/items/{item.id}")
+        raise redirect("/review", msg="empty")
+    raise _item_url(item.id, triage)
 
 
 async def _item(request: web.Request) -> web.Response:
-    engine = request.app[_ENGINE]
+    engine = request.app[ENGINE]
     item_id = requested_item(request)
     try:
         item = await asyncio.to_thread(get_item, engine, item_id)
         audit = await asyncio.to_thread(history, engine, item_id)
     except ItemNotFound:
         raise web.HTTPNotFound(text=f"review item {item_id} does not exist\n") from None
+    user, settings = moderator(request), request.app[SETTINGS]
+    related = await asyncio.to_thread(context, engine, item_id)
+    display = await asyncio.to_thread(display_for, engine, user)
+    recent = await asyncio.to_thread(latest_undoable, engine, user, settings.review_undo_s)
     now = datetime.now(UTC)
     error = request.query.get("error")
     return render(
@@ -171,18 +170,24 @@ async def _item(request: web.Request) -> web.Response:
         "item.html",
         item=item,
         history=audit,
-        mine=item.held_by(moderator(request), now),
+        related=related,
+        display=display,
+        reasons=settings.review_reasons,
+        require_reason=settings.review_require_reason,
+        recent=recent,
+        mine=item.held_by(user, now),
         live=item.status == "claimed"
         and item.lease_expires_at is not None
         and item.lease_expires_at > now,
         image_src=image_src(item),
+        triage=_triage(request.query),
         error=MESSAGES.get(error or ""),
         max_note=MAX_NOTE_CHARS,
     )
 
 
 async def _thumbnail(request: web.Request) -> web.Response:
-    data = await asyncio.to_thread(thumbnail, request.app[_ENGINE], requested_item(request))
+    data = await asyncio.to_thread(thumbnail, request.app[ENGINE], requested_item(request))
     if data is None:
         raise web.HTTPNotFound()
     # private: a shared cache must not keep users' pictures
@@ -193,26 +198,33 @@ async def _thumbnail(request: web.Request) -> web.Response:
 
 async def _claim(request: web.Request) -> web.Response:
     item_id = requested_item(request)
-    lease_s = request.app[_SETTINGS].review_lease_s
-    engine, user = request.app[_ENGINE], moderator(request)
-    await _act(item_id, partial(claim, engine, item_id, user, lease_s=lease_s, origin=WEB))
-    raise _redirect(f"/items/{item_id}")
+    lease_s = request.app[SETTINGS].review_lease_s
+    engine, user = request.app[ENGINE], moderator(request)
+    await act(item_id, partial(claim, engine, item_id, user, lease_s=lease_s, origin=WEB))
+    raise redirect(f"/items/{item_id}")
 
 
 async def _release(request: web.Request) -> web.Response:
     item_id = requested_item(request)
-    await _act(
-        item_id, partial(release, request.app[_ENGINE], item_id, moderator(request), origin=WEB)
+    await act(
+        item_id, partial(release, request.app[ENGINE], item_id, moderator(request), origin=WEB)
     )
-    raise _redirect("/review", msg="released")
+    raise redirect("/review", msg="released")
 
 
 async def _decide(request: web.Request) -> web.Response:
-    engine, user, settings = request.app[_ENGINE], moderator(request), request.app[_SETTINGS]
+    engine, user, settings = request.app[ENGINE], moderator(request), request.app[SETTINGS]
     item_id = requested_item(request)
     form = request[FORM]
     decision, note = str(form.get("decision", "")), str(form.get("note", ""))
-    await _act(item_id, partial(decide, engine, item_id, user, decision, note, origin=WEB))
+    reason = str(form.get("reason", "")) if decision == "confirmed_mismatch" else None
+    policy = DecisionPolicy.from_settings(settings)
+    await act(
+        item_id,
+        partial(
+            decide, engine, item_id, user, decision, note, reason=reason, policy=policy, origin=WEB
+        ),
+    )
     log.info("review_decided", item_id=item_id, moderator=user, decision=decision)
     nxt = await asyncio.to_thread(
         claim_next,
@@ -220,11 +232,12 @@ async def _decide(request: web.Request) -> web.Response:
         user,
         lease_s=settings.review_lease_s,
         order=settings.review_order,
+        triage=(triage := _triage(form)),
         origin=WEB,
     )
     if nxt is None:
-        raise _redirect("/review", msg="decided_all")
-    raise _redirect(f"/items/{nxt.id}")
+        raise redirect("/review", msg="decided_all")
+    raise _item_url(nxt.id, triage)
 
 
 async def _list(request: web.Request) -> web.Response:
@@ -243,7 +256,7 @@ async def _list(request: web.Request) -> web.Response:
     page = page_number(query)
     items = await asyncio.to_thread(
         list_items,
-        request.app[_ENGINE],
+        request.app[ENGINE],
         limit=PAGE_SIZE + 1,
         offset=(page - 1) * PAGE_SIZE,
         **filters,
@@ -285,8 +298,8 @@ def create_app(
             threads of the app's own, shut down with it.
     """
     app = web.Application(middlewares=[guard, admit], client_max_size=64 * 1024)
-    app[_ENGINE] = engine
-    app[_SETTINGS] = settings
+    app[ENGINE] = engine
+    app[SETTINGS] = settings
     app[SESSIONS] = Sessions(engine, secret, secure=secure_cookies, idle_s=settings.review_idle_s)
     own_pool = hash_pool is None
     pool = hash_pool or ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="review-hash")
@@ -310,6 +323,7 @@ def create_app(
             web.post(r"/items/{item_id:\d+}/claim", _claim),
             web.post(r"/items/{item_id:\d+}/release", _release),
             web.post(r"/items/{item_id:\d+}/decide", _decide),
+            *pages.routes(),
         ]
     )
 

@@ -180,6 +180,7 @@ ITMGUARD_KAFKA_SSL_KEYFILE: {{ printf "%s/tls.key" (include "itmguard.kafka.tlsD
 ITMGUARD_POSTS_TOPIC: {{ $k.postsTopic | quote }}
 ITMGUARD_FLAGS_TOPIC: {{ $k.flagsTopic | quote }}
 ITMGUARD_DLQ_TOPIC: {{ $k.dlqTopic | quote }}
+ITMGUARD_DECISIONS_TOPIC: {{ $k.decisionsTopic | quote }}
 ITMGUARD_GROUP_ID: {{ $k.groupId | quote }}
 ITMGUARD_BUNDLE: {{ trimSuffix "/" (printf "/models/%s" (trimPrefix "/" $w.bundle.path)) | quote }}
 {{- if $w.shadow.path }}
