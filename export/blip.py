@@ -10,8 +10,6 @@ checkpoint does, or is not written at all.
 from __future__ import annotations
 
 import gc
-import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +17,19 @@ from typing import Any, cast
 
 import numpy as np
 import onnx
-import torch
 import transformers
 from onnxruntime.transformers.onnx_model import OnnxModel
 from onnxruntime.transformers.optimizer import optimize_model
 from PIL import Image
 from transformers import AutoProcessor, BlipForImageTextRetrieval
 
+from export.blip_checkpoint import (
+    ARCHITECTURE,
+    check_checkpoint,
+    default_name,
+    resolve_checkpoint,
+)
+from export.blip_graphs import ENCODING, MatchProbability, trace_blip_split
 from export.bundling import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -39,6 +43,7 @@ from export.bundling import (
 )
 from export.parity import parity_feeds
 from export.quantise import choose_precision, quantise_int8
+from export.split import check_split
 from worker.bundle import BundleSpec, write_manifest
 from worker.errors import ExportError
 
@@ -53,39 +58,11 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
-ARCHITECTURE = "BlipForImageTextRetrieval"
-
 FP32_OPS = ("LayerNormalization", "SkipLayerNormalization", "Softmax")
 """Ops an fp16 bundle keeps in fp32: fp16 LayerNorm and Softmax overflow on ViT/BERT."""
 
 FP16_MIN_AGREEMENT = 0.995
 """Share of parity-set verdicts an fp16 graph must give as its fp32 graph does."""
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_HUB_TIMEOUT_S = 10.0
-
-
-class MatchProbability(torch.nn.Module):
-    """BLIP's ITM head as one probability per pair: softmax(itm_score)[:, 1]."""
-
-    def __init__(self, model: BlipForImageTextRetrieval) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Probability that each image matches its caption, float32 of shape (batch,)."""
-        output = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            use_itm_head=True,
-        )
-        return torch.softmax(output.itm_score, dim=-1)[:, 1]
 
 
 def export_blip(
@@ -102,6 +79,7 @@ def export_blip(
     fp16: bool = False,
     int8: bool = False,
     max_batch: int = 32,
+    split: bool = True,
     progress: Callable[[str], None] = print,
 ) -> BundleSpec:
     """Write the bundle directory `out` from a BLIP ITM checkpoint.
@@ -132,8 +110,10 @@ def export_blip(
         int8: for CPUs, dynamic int8 quantisation of the linear layers, ITM head kept in
             fp32 (`export.quantise`), gated as fp16 is; fp16 and int8 exclude each other.
         max_batch: largest batch in the TensorRT shape profile.
-        progress: called with one line per stage (load, trace, verify, optimise, fp16 or int8,
-            write).
+        split: also write the two-graph form, fp32 (`export.blip_graphs`), so that
+            explanations encode each picture once.
+        progress: called with one line per stage (load, trace, split, verify, optimise,
+            fp16 or int8, write).
 
     Returns:
         The checked manifest written to `out/bundle.json`.
@@ -150,7 +130,7 @@ def export_blip(
         raise ExportError(shown, f"{out} already exists; choose a new bundle directory")
     precision = choose_precision(shown, fp16=fp16, int8=int8)
     local = resolve_checkpoint(checkpoint, progress)
-    _check_checkpoint(local, shown)
+    check_checkpoint(local, shown)
 
     started = time.monotonic()
     progress(f"load: {local}")
@@ -159,7 +139,7 @@ def export_blip(
         shown,
         model,
         processor,
-        name=name if name is not None else _default_name(checkpoint),
+        name=name if name is not None else default_name(checkpoint),
         version=version,
         threshold=threshold,
         max_text_tokens=max_text_tokens,
@@ -175,6 +155,8 @@ def export_blip(
         reference = trace_with_reference(
             shown, MatchProbability(model).eval(), feeds, work / "traced.onnx", opset, progress
         )
+        if split:
+            trace_blip_split(shown, model, feeds[1], work, opset, progress)
         text = model.text_encoder.config
         attention = (text.num_attention_heads, text.hidden_size)
         del model  # before any ONNX Runtime session opens, so the two never share memory
@@ -189,39 +171,12 @@ def export_blip(
             precision=precision,
             progress=progress,
         )
+        if split:
+            manifest["graphs"], report["split_vs_pytorch"] = check_split(gate, work, ENCODING)
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
     progress(done_line(spec, started))
     return spec
-
-
-def resolve_checkpoint(checkpoint: Path | str, progress: Callable[[str], None]) -> Path:
-    """A local checkpoint directory: `checkpoint` itself, or a hub id's downloaded snapshot.
-
-    Raises:
-        ExportError: a hub id the hub cannot serve here; the message says to pass a
-            local directory instead. Downloads time out rather than hang.
-    """
-    path = Path(checkpoint)
-    if path.exists() or not _HUB_ID.fullmatch(str(checkpoint)):
-        return path
-    progress(f"load: {checkpoint} is not a local directory; fetching it from the Hugging Face hub")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(checkpoint), etag_timeout=_HUB_TIMEOUT_S))
-    except Exception as exc:  # noqa: BLE001 - hub, network and auth errors all end the same way
-        raise ExportError(
-            str(checkpoint),
-            f"not a local directory, and the Hugging Face hub could not provide it "
-            f"({type(exc).__name__}: {str(exc)[:200]}); on a machine without hub access, "
-            "download the checkpoint elsewhere and pass its directory",
-        ) from None
-
-
-def _default_name(checkpoint: Path | str) -> str:
-    raw = Path(checkpoint).resolve().name if Path(checkpoint).exists() else str(checkpoint)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw.rsplit("/", 1)[-1])
 
 
 def _checked_graphs(
@@ -294,27 +249,6 @@ def _fp16(shown: str, gate: ParityGate, source: Path, target: Path) -> dict[str,
     )
     model.save_model_to_file(str(target))
     return gate.check_fp16(source, target, min_agreement=FP16_MIN_AGREEMENT)
-
-
-def _check_checkpoint(checkpoint: Path, shown: str) -> None:
-    if not checkpoint.is_dir():
-        raise ExportError(shown, "no such checkpoint directory")
-    try:
-        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(shown, "no config.json; not a Hugging Face checkpoint") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(shown, f"config.json is not JSON ({exc})") from None
-    if not isinstance(config, dict):
-        config = {}
-    model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
-    if model_type != "blip" or ARCHITECTURE not in architectures:
-        raise ExportError(
-            shown,
-            f"not a BLIP image-text-matching checkpoint: model_type {model_type!r}, "
-            f"architectures {architectures}; export needs {ARCHITECTURE}",
-        )
 
 
 def _load(checkpoint: Path, shown: str) -> tuple[BlipForImageTextRetrieval, Any]:

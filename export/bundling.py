@@ -50,6 +50,7 @@ INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
 OUTPUT_NAME = "match_probability"
 
 _NO_HASH = "0" * 64
+_KEPT_GRAPHS = ("model.onnx", "image.onnx", "text.onnx")
 
 
 def bundle_manifest(
@@ -231,11 +232,17 @@ class ParityGate:
         Raises:
             ExportError: some pair differs by more than the tolerance (or is NaN).
         """
+        return self.check_scores(stage, self._score(path))
+
+    def check_scores(self, stage: str, scores: np.ndarray) -> dict[str, Any]:
+        """Parity with PyTorch of scores a candidate gave on the parity set (`check`, for a
+        candidate that is not one graph: the two-graph form's composition).
+
+        Raises:
+            ExportError: some pair differs by more than the tolerance (or is NaN).
+        """
         parity = compare(
-            self.reference,
-            self._score(path),
-            tolerance=self.tolerance,
-            threshold=self.spec.threshold,
+            self.reference, scores, tolerance=self.tolerance, threshold=self.spec.threshold
         )
         self.progress(
             f"{stage}: {parity.n_pairs} pairs in batches of {', '.join(map(str, PARITY_BATCHES))}: "
@@ -295,9 +302,9 @@ def staged_bundle(out: Path, shown: str) -> Iterator[Path]:
     """A temporary directory next to `out` that becomes `out` only if the block succeeds.
 
     The block writes the bundle files into the directory it is given; on a clean
-    exit every `*.onnx` other than `model.onnx` is removed and the directory is
-    renamed to `out`. On any error the directory is removed, so a failed export
-    leaves nothing behind.
+    exit every `*.onnx` other than `model.onnx` and the two-graph form's
+    `image.onnx` and `text.onnx` is removed and the directory is renamed to `out`.
+    On any error the directory is removed, so a failed export leaves nothing behind.
 
     Raises:
         ExportError: `out` exists already (checked before anything is written).
@@ -309,7 +316,7 @@ def staged_bundle(out: Path, shown: str) -> Iterator[Path]:
     try:
         yield work
         for leftover in work.glob("*.onnx"):
-            if leftover.name != "model.onnx":
+            if leftover.name not in _KEPT_GRAPHS:
                 leftover.unlink()
         work.rename(out)
     finally:

@@ -31,6 +31,14 @@ _TOLERANCE = click.option(
     type=click.FloatRange(0, 1),
     help="largest PyTorch-vs-ONNX difference in match probability accepted",
 )
+_SPLIT = click.option(
+    "--two-graph/--one-graph",
+    "split",
+    default=True,
+    show_default=True,
+    help="also write the model as an image graph and a text graph (image.onnx, text.onnx), "
+    "checked by the parity gate, so explanations encode each picture once",
+)
 """Options both exports take, worded once."""
 
 
@@ -85,6 +93,7 @@ def export() -> None:
     type=click.IntRange(1, 1024),
     help="largest batch in the TensorRT shape profile",
 )
+@_SPLIT
 def export_blip(
     checkpoint: str,
     out: Path,
@@ -97,6 +106,7 @@ def export_blip(
     fp16: bool,
     int8: bool,
     max_batch: int,
+    split: bool,
 ) -> None:
     """Export a BLIP image-text matching checkpoint to an ONNX bundle, checking parity."""
     if fp16 and int8:
@@ -121,6 +131,7 @@ def export_blip(
         fp16=fp16,
         int8=int8,
         max_batch=max_batch,
+        split=split,
         progress=lambda m: click.echo(m, err=True),
     )
     click.echo(json.dumps({"bundle": str(out), "model_id": spec.model_id}))
@@ -131,7 +142,8 @@ def export_blip(
 @click.option("--name", default="starter", show_default=True, help="bundle name")
 @_VERSION
 @_TOLERANCE
-def export_starter(out: Path, name: str, version: str, tolerance: float) -> None:
+@_SPLIT
+def export_starter(out: Path, name: str, version: str, tolerance: float, split: bool) -> None:
     """Build the zero-shot starter bundle from weights in installed packages (itmguard[starter])."""
     try:
         from export.starter import export_starter as run_export
@@ -144,6 +156,7 @@ def export_starter(out: Path, name: str, version: str, tolerance: float) -> None
         name=name,
         version=version,
         tolerance=tolerance,
+        split=split,
         progress=lambda m: click.echo(m, err=True),
     )
     click.echo(

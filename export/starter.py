@@ -56,6 +56,7 @@ from export.bundling import (
     write_tokenizer,
 )
 from export.parity import Feeds, batch_scores, parity_feeds
+from export.split import check_split, trace_split
 from export.starter_model import (
     ARCHITECTURE,
     CAPTION_NEIGHBOURS,
@@ -63,8 +64,11 @@ from export.starter_model import (
     IMAGE_FIELDS,
     IMAGE_NEIGHBOURS,
     PROMPTS,
+    SPLIT_ENCODING,
     THRESHOLD,
+    StarterImage,
     StarterMatcher,
+    StarterText,
     class_text_embeddings,
     embed_texts,
     fit_on_tune,
@@ -88,6 +92,7 @@ def export_starter(
     opset: int = 17,
     tolerance: float = 1e-4,
     max_batch: int = 32,
+    split: bool = True,
     progress: Callable[[str], None] = print,
 ) -> BundleSpec:
     """Build the starter matcher from installed packages and write its bundle to `out`.
@@ -105,8 +110,11 @@ def export_starter(
         tolerance: largest absolute difference in match probability allowed
             between PyTorch and ONNX Runtime on the parity set.
         max_batch: largest batch in the TensorRT shape profile.
+        split: also write the two-graph form (`export.split`): an image graph giving the
+            picture's class-text vector and standardisation, and a text graph scoring
+            captions against them, so explanations encode each picture once.
         progress: called with one line per stage (load, embed, calibrate, trace,
-            verify, evaluate, write, done).
+            verify, split, evaluate, write, done).
 
     Returns:
         The checked manifest written to `out/bundle.json`.
@@ -131,9 +139,11 @@ def export_starter(
         feeds = pair_feeds(pairs, spec.image, encoder)
         manifest["calibration"] = _calibrate(matcher, feeds, pairs, progress)
         spec = draft_spec(manifest, out)
-        report = _trace_and_verify(
-            matcher, spec, encoder, work / "model.onnx", opset, tolerance, progress
+        report, graphs = _trace_and_verify(
+            matcher, spec, encoder, work, opset, tolerance, progress, split=split
         )
+        if graphs is not None:
+            manifest["graphs"] = graphs
         manifest["evaluation"] = _evaluate(work / "model.onnx", feeds, pairs, progress)
         progress(f"write: {out}")
         spec = write_manifest(work, {**manifest, "parity": report})
@@ -228,17 +238,35 @@ def _trace_and_verify(
     matcher: StarterMatcher,
     spec: BundleSpec,
     encoder: TextEncoder,
-    path: Path,
+    work: Path,
     opset: int,
     tolerance: float,
     progress: Callable[[str], None],
-) -> dict[str, Any]:
-    """The trace and verify stages: the graph at `path`, checked against PyTorch on the
-    parity set; bundle.json's `parity`."""
+    *,
+    split: bool,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The trace, verify and split stages: model.onnx in `work`, and with `split` the two
+    graphs, checked against PyTorch on the parity set; bundle.json's `parity`, and its
+    `graphs` or None."""
+    path = work / "model.onnx"
     feeds = parity_feeds(spec, encoder)
     reference = trace_with_reference(CHECKPOINT_NAME, matcher, feeds, path, opset, progress)
     gate = ParityGate(CHECKPOINT_NAME, spec, feeds, reference, tolerance, progress)
-    return {"onnx_vs_pytorch": gate.check("verify", path), "precision": "fp32"}
+    report = {"onnx_vs_pytorch": gate.check("verify", path), "precision": "fp32"}
+    if not split:
+        return report, None
+    trace_split(
+        CHECKPOINT_NAME,
+        StarterImage(matcher).eval(),
+        StarterText(matcher).eval(),
+        SPLIT_ENCODING,
+        feeds[1],
+        work,
+        opset,
+        progress,
+    )
+    graphs, parity = check_split(gate, work, SPLIT_ENCODING)
+    return {**report, "split_vs_pytorch": parity}, graphs
 
 
 def _evaluate(

@@ -122,13 +122,16 @@ def reference(exported: Exported) -> tuple[list[Image.Image], np.ndarray]:
 
 
 def test_export_writes_a_bundle_the_worker_loads(exported: Exported) -> None:
-    """The exported directory holds exactly the bundle files and passes load_bundle."""
+    """The exported directory holds exactly the bundle files, the two-graph form's
+    included, and passes load_bundle."""
     bundle = load_bundle(exported.bundle)
     assert bundle.spec == exported.spec
     assert bundle.spec.model_id == "tiny-itm@1"
     assert sorted(p.name for p in exported.bundle.iterdir()) == [
         "bundle.json",
+        "image.onnx",
         "model.onnx",
+        "text.onnx",
         "tokenizer.json",
     ]
     assert sorted(p.name for p in exported.bundle.parent.iterdir()) == ["bundle", "checkpoint"]
@@ -148,9 +151,10 @@ def test_manifest_follows_the_checkpoint_processor(exported: Exported) -> None:
 
 
 def test_parity_is_recorded_within_tolerance(exported: Exported) -> None:
-    """bundle.json records parity of the traced and the optimised graph over 63 pairs."""
+    """bundle.json records parity of the traced, the optimised and the two graphs over 63
+    pairs."""
     parity = exported.spec.raw["parity"]
-    for stage in ("onnx_vs_pytorch", "optimised_vs_pytorch"):
+    for stage in ("onnx_vs_pytorch", "optimised_vs_pytorch", "split_vs_pytorch"):
         figures = parity[stage]
         assert figures["n_pairs"] == sum(export.parity.PARITY_BATCHES) == 63
         assert figures["tolerance"] == 1e-4
@@ -162,9 +166,12 @@ def test_parity_is_recorded_within_tolerance(exported: Exported) -> None:
 
 
 def test_progress_reports_each_stage_in_order(exported: Exported) -> None:
-    """One progress line per stage: load, trace, verify, optimise, write, then a summary."""
+    """One progress line per stage: load, trace, split, verify, optimise, split's parity,
+    write, then a summary."""
     stages = [line.split(":", 1)[0] for line in exported.progress]
-    assert stages == ["load", "trace", "verify", "optimise", "optimise", "write", "done"]
+    assert stages == [
+        *("load", "trace", "split", "verify", "optimise", "optimise", "split", "write", "done")
+    ]
     assert "peak memory" in exported.progress[-1]
 
 

@@ -59,10 +59,13 @@ def scorer(exported: Exported) -> OnnxScorer:
 
 
 def test_export_writes_a_bundle_the_worker_loads(exported: Exported, scorer: OnnxScorer) -> None:
-    """The starter export passes load_bundle, opens in OnnxScorer, and records its parity."""
+    """The starter export, its two graphs included, passes load_bundle, opens in OnnxScorer,
+    and records its parity."""
     assert sorted(p.name for p in exported.bundle.iterdir()) == [
         "bundle.json",
+        "image.onnx",
         "model.onnx",
+        "text.onnx",
         "tokenizer.json",
     ]
     assert load_bundle(exported.bundle).spec == exported.spec
@@ -73,9 +76,29 @@ def test_export_writes_a_bundle_the_worker_loads(exported: Exported, scorer: Onn
 
 
 def test_progress_reports_each_stage_in_order(exported: Exported) -> None:
-    """One progress line per stage: load, embed, calibrate, trace, verify, evaluate, write, done."""
+    """One progress line per stage: load, embed, calibrate, trace, verify, split (trace and
+    parity), evaluate, write, done."""
     stages = [line.split(":", 1)[0] for line in exported.progress]
-    assert stages == ["load", "embed", "calibrate", "trace", "verify", "evaluate", "write", "done"]
+    assert stages == [
+        *("load", "embed", "calibrate", "trace", "verify", "split", "split"),
+        *("evaluate", "write", "done"),
+    ]
+
+
+def test_two_graphs_score_captions_against_encoded_photos(
+    exported: Exported, scorer: OnnxScorer
+) -> None:
+    """The image graph's class-text vector and standardisation, fed to the text graph, give
+    the one graph's probabilities, within the recorded parity."""
+    spec = exported.spec
+    assert spec.graphs is not None
+    assert spec.graphs.encoding == ("image_text", "image_centre", "image_spread")
+    assert spec.raw["parity"]["split_vs_pytorch"]["max_abs_diff"] <= 1e-4
+    photos = [p.image() for p in load_photos()[:2]]
+    captions = ["a photo of a cat", "a rocket on the launch pad", "a bowl of coffee"]
+    direct = scorer.score([photos[0], photos[1], photos[0]], captions)
+    varied = scorer.score_variants(photos, captions, [0, 1, 0])
+    np.testing.assert_allclose(varied, direct, atol=1e-5)
 
 
 def test_manifest_has_the_bundle_contract_and_its_calibration(exported: Exported) -> None:

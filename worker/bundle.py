@@ -4,6 +4,13 @@ A bundle is a directory holding `model.onnx`, `tokenizer.json` and
 `bundle.json`. The worker refuses any bundle whose manifest breaks
 `schemas/bundle.v1.json` or whose model file does not hash to the recorded
 sha256, so a half-copied or hand-edited bundle never scores a post.
+
+A bundle may also carry the same model as two graphs (`graphs` in bundle.json):
+an image encoder (`image.onnx`: pixel values to the image's encoding) and a
+text-and-match head (`text.onnx`: token ids, attention mask and the image's
+encoding to the match probability). Explanations score many captions against
+one picture, and with the two graphs encode it once; the files are hashed and
+checked as model.onnx is.
 """
 
 from __future__ import annotations
@@ -22,12 +29,38 @@ __all__ = [
     "BUNDLE_FILES",
     "Bundle",
     "BundleSpec",
+    "SplitGraphs",
     "file_sha256",
     "load_bundle",
     "write_manifest",
 ]
 
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "bundle.json")
+
+
+@dataclass(frozen=True)
+class SplitGraphs:
+    """bundle.json's `graphs`: the model as an image encoder and a text-and-match head.
+
+    `encoding` names the image graph's outputs, which the text graph takes as inputs
+    under the same names (beside the bundle's `input_ids` and `attention_mask`).
+    """
+
+    image_file: str
+    image_sha256: str
+    text_file: str
+    text_sha256: str
+    encoding: tuple[str, ...]
+
+    @classmethod
+    def from_fields(cls, graphs: dict[str, Any]) -> SplitGraphs:
+        return cls(
+            image_file=graphs["image"]["file"],
+            image_sha256=graphs["image"]["sha256"],
+            text_file=graphs["text"]["file"],
+            text_sha256=graphs["text"]["sha256"],
+            encoding=tuple(graphs["encoding"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +77,7 @@ class BundleSpec:
     threshold: float
     model_sha256: str
     raw: dict[str, Any]
+    graphs: SplitGraphs | None = None
 
     @property
     def model_id(self) -> str:
@@ -85,6 +119,7 @@ class BundleSpec:
             threshold=float(manifest["threshold"]),
             model_sha256=manifest["model_sha256"],
             raw=manifest,
+            graphs=SplitGraphs.from_fields(manifest["graphs"]) if "graphs" in manifest else None,
         )
 
 
@@ -98,6 +133,14 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / "model.onnx"
+
+    @property
+    def split_paths(self) -> tuple[Path, Path] | None:
+        """The image and text graphs' files, when the bundle carries the two-graph form."""
+        graphs = self.spec.graphs
+        if graphs is None:
+            return None
+        return self.path / graphs.image_file, self.path / graphs.text_file
 
     def text_encoder(self) -> TextEncoder:
         """The bundle's tokenizer; captions pad to the batch's longest, but never below the
@@ -124,6 +167,8 @@ def load_bundle(path: Path | str) -> Bundle:
         BundleFileMissing: a bundle file is absent.
         BundleFieldError: bundle.json is not JSON or breaks the bundle schema.
         BundleHashMismatch: model.onnx is not the file bundle.json describes.
+        BundleFieldError: also when a graph of the two-graph form is not the file
+            bundle.json describes.
     """
     root = Path(path)
     shown = str(root)
@@ -140,12 +185,38 @@ def load_bundle(path: Path | str) -> Bundle:
     actual = file_sha256(root / "model.onnx")
     if actual != spec.model_sha256:
         raise BundleHashMismatch(shown, expected=spec.model_sha256, actual=actual)
+    if spec.graphs is not None:
+        _check_split(root, spec.graphs)
     return Bundle(path=root, spec=spec)
 
 
+def _check_split(root: Path, graphs: SplitGraphs) -> None:
+    """The two graphs' files are there and are the ones bundle.json describes."""
+    shown = str(root)
+    for name, expected in (
+        (graphs.image_file, graphs.image_sha256),
+        (graphs.text_file, graphs.text_sha256),
+    ):
+        if not (root / name).is_file():
+            raise BundleFileMissing(shown, f"missing {name}, which bundle.json's graphs name")
+        actual = file_sha256(root / name)
+        if actual != expected:
+            raise BundleFieldError(
+                shown,
+                f"{name} sha256 is {actual} but bundle.json's graphs expect {expected}; "
+                "the file was changed or replaced after export",
+            )
+
+
 def write_manifest(path: Path, manifest: dict[str, Any]) -> BundleSpec:
-    """Record model.onnx's hash in `manifest`, check it, and write bundle.json."""
+    """Record model.onnx's hash (and the two graphs', when `manifest` names them) in
+    `manifest`, check it, and write bundle.json."""
     manifest = {**manifest, "model_sha256": file_sha256(path / "model.onnx")}
+    if "graphs" in manifest:
+        graphs = dict(manifest["graphs"])
+        for part in ("image", "text"):
+            graphs[part] = {**graphs[part], "sha256": file_sha256(path / graphs[part]["file"])}
+        manifest["graphs"] = graphs
     spec = BundleSpec.from_manifest(manifest, str(path))
     (path / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return spec

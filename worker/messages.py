@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 
+from worker.explain import Explanation
 from worker.verdicts import Verdict, flag_id
 
 __all__ = [
@@ -53,9 +54,13 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def verdict_message(verdict: Verdict) -> dict[str, Any]:
-    """The JSON document of `schemas/verdict.v1.json`: a flag, or a line of `itmguard score`."""
-    return {
+def verdict_message(verdict: Verdict, explanation: Explanation | None = None) -> dict[str, Any]:
+    """The JSON document of `schemas/verdict.v1.json`: a flag, or a line of `itmguard score`.
+
+    `explanation` (a mismatch's, `worker.explain`) becomes the optional `explanation` field;
+    without one the document has no such key, as before it existed.
+    """
+    message: dict[str, Any] = {
         "schema_version": 1,
         "flag_id": flag_id(verdict.post_id, verdict.model_id),
         "post_id": verdict.post_id,
@@ -67,6 +72,9 @@ def verdict_message(verdict: Verdict) -> dict[str, Any]:
         "scored_at": verdict.scored_at.isoformat(),
         "event_time": verdict.event_time.isoformat() if verdict.event_time else None,
     }
+    if explanation is not None:
+        message["explanation"] = explanation.as_json()
+    return message
 
 
 def dead_letter_message(

@@ -84,6 +84,8 @@ review_items = sa.Table(
     sa.Column("image_url", sa.Text),
     sa.Column("thumbnail", sa.LargeBinary),
     sa.Column("event_time", sa.DateTime(timezone=True)),
+    sa.Column("explanation", postgresql.JSONB),
+    sa.Column("author_id", sa.Text),
     sa.UniqueConstraint("post_id", "model_id", name="uq_review_items_post_model"),
 )
 
@@ -220,6 +222,8 @@ def _batch_row(v: Verdict, outcome: Outcome) -> dict[str, Any]:
             "caption": review.caption,
             "image_url": review.image_url,
             "thumbnail": review.thumbnail,
+            "explanation": review.explanation.as_json() if review.explanation else None,
+            "author_id": review.author_id,
         }
     return row
 

@@ -4,6 +4,11 @@ Execution providers are tried in the order TensorRT → CUDA → CPU, keeping
 those the installed onnxruntime offers and the settings allow; `worker.providers`
 chooses them and builds their options. On a GPU provider each model call goes
 through an IO binding (`worker.iobinding`); on the CPU through `session.run`.
+
+`OnnxScorer` also explains (`worker.explain.VariantScorer`): it scores caption variants
+against the batch's flagged pictures, through the bundle's two graphs when it has them
+(`worker.twograph`: each picture encoded once), else through model.onnx with each
+picture's pixels repeated for its variants.
 """
 
 from __future__ import annotations
@@ -18,10 +23,16 @@ import structlog
 from PIL import Image
 
 from worker.bundle import Bundle
-from worker.config import DEFAULT_TENSORRT, DEFAULT_TRT_CACHE_DIR, PROVIDERS, TensorRtTuning
+from worker.config import (
+    DEFAULT_EXPLAIN_VARIANTS,
+    DEFAULT_TENSORRT,
+    DEFAULT_TRT_CACHE_DIR,
+    PROVIDERS,
+    TensorRtTuning,
+)
 from worker.errors import BundleFieldError, ConfigError, WarmupFailed
 from worker.iobinding import BoundRun, CudaHostPinner, HostStaging
-from worker.preprocess import preprocess_images
+from worker.preprocess import RESAMPLE, preprocess_images
 from worker.providers import (
     DEVICE_OF,
     ORT_PROVIDERS,
@@ -30,6 +41,7 @@ from worker.providers import (
     engine_cache_warm,
     provider_options,
 )
+from worker.twograph import TwoGraphs
 
 try:
     import onnxruntime as ort
@@ -53,6 +65,11 @@ class Scorer(Protocol):
     input_size: tuple[int, int] | None
     """The model's image input (width, height); pictures are decoded no larger than needed
     for it. None: decode at full size."""
+
+    def fit(self, image: Image.Image) -> Image.Image:
+        """`image` as the model's input takes it (resized, for a bundle): done where the
+        pictures are decoded, so that the model's thread only normalises them."""
+        ...
 
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         """Match probabilities in [0, 1], one per pair; NaN where the model failed."""
@@ -92,6 +109,7 @@ class OnnxScorer:
         require_provider: str | None = None,
         tensorrt: TensorRtTuning = DEFAULT_TENSORRT,
         engine_key: EngineKey | None = None,
+        explain_variants: int = DEFAULT_EXPLAIN_VARIANTS,
     ) -> None:
         """Open `bundle` on the first usable provider.
 
@@ -99,7 +117,9 @@ class OnnxScorer:
         `cpu_memory_arena` exist for containers, where the machine's core count is not the
         CPU limit and resident memory is what the limit counts. `engine_key` names the
         TensorRT cache directory under `trt_cache_dir`; None probes this machine for it when
-        TensorRT is among the providers.
+        TensorRT is among the providers. `explain_variants` caps the caption variants scored
+        per flagged post (0: no explanations); with it above 0, a two-graph bundle's graphs
+        are opened beside model.onnx.
 
         Raises:
             ConfigError: no allowed provider is available, or `require_provider` is not
@@ -150,6 +170,13 @@ class OnnxScorer:
         if self.provider == ORT_PROVIDERS["tensorrt"]:
             self.engine_cache = "warm" if cached else "cold"
         self._check_signature()
+        self.explain_variants = explain_variants
+        split = bundle.split_paths
+        self._graphs = (
+            TwoGraphs(bundle, split, names, session_options)
+            if split is not None and explain_variants > 0
+            else None
+        )
         self._text = bundle.text_encoder()
         self.input_size: tuple[int, int] | None = (spec.image.width, spec.image.height)
         device = DEVICE_OF[self.provider]
@@ -173,6 +200,8 @@ class OnnxScorer:
             open_ms=round(self.open_seconds * 1000, 1),
             engine_cache=self.engine_cache,
             engine_dir=str(self.engine_dir) if self.engine_dir else None,
+            explain_variants=explain_variants,
+            explain_graphs="two" if self._graphs else "one",
         )
 
     def _check_signature(self) -> None:
@@ -188,9 +217,20 @@ class OnnxScorer:
                 f"{spec.output_name!r}",
             )
 
+    def fit(self, image: Image.Image) -> Image.Image:
+        """`image` resized to the bundle's input as `preprocess_images` resizes it, which then
+        finds nothing left to resize."""
+        spec = self.bundle.spec.image
+        return image.resize((spec.width, spec.height), resample=RESAMPLE[spec.resample])
+
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+        """Match probabilities of the pairs: one call of model.onnx, or on the CPU, with a
+        two-graph bundle that explains, its two graphs, keeping the pictures' encodings."""
         ids, mask = self._text.encode(captions)
-        return self.infer(preprocess_images(images, self.bundle.spec.image), ids, mask)
+        pixels = preprocess_images(images, self.bundle.spec.image)
+        if self._graphs is not None and self._bound is None:
+            return _probabilities(self._graphs.score_batch(images, pixels, ids, mask))
+        return self.infer(pixels, ids, mask)
 
     def warm_up(self, batch: int, sequence: int) -> None:
         """Score `batch` blank pictures against captions of `sequence` tokens, so that the
@@ -203,10 +243,11 @@ class OnnxScorer:
         spec = self.bundle.spec
         blank = Image.new("RGB", (spec.image.width, spec.image.height))
         ids = np.full((batch, sequence), spec.text.pad_id, dtype=np.int64)
+        pixels = preprocess_images([blank] * batch, spec.image)
         try:
-            scores = self.infer(
-                preprocess_images([blank] * batch, spec.image), ids, np.ones_like(ids)
-            )
+            scores = self.infer(pixels, ids, np.ones_like(ids))
+            if self._graphs is not None and self._bound is None:  # what `score` will call
+                scores = self._graphs.score_batch([], pixels, ids, np.ones_like(ids))
         except Exception as exc:  # ONNX Runtime's errors share no base class
             reason = ": ".join([type(exc).__name__, *str(exc).strip().splitlines()[:1]])
             raise WarmupFailed(
@@ -237,6 +278,39 @@ class OnnxScorer:
             spec.input_names["input_ids"]: ids,
             spec.input_names["attention_mask"]: mask,
         }
-        out = self._call(feed)
-        scores = np.asarray(out, dtype=np.float64).reshape(len(ids))
-        return np.where((scores >= 0.0) & (scores <= 1.0), scores, np.nan)
+        return _probabilities(np.asarray(self._call(feed), dtype=np.float64).reshape(len(ids)))
+
+    def score_variants(
+        self, images: Sequence[Image.Image], captions: Sequence[str], image_of: Sequence[int]
+    ) -> np.ndarray:
+        """Match probability of each `captions[i]` against `images[image_of[i]]`.
+
+        With the two graphs, each picture is encoded once (or not at all, when the batch
+        just scored on the CPU holds it) and the captions go to the text graph in one call;
+        otherwise each caption goes to model.onnx beside its picture's pixels, in one call,
+        or in calls of the TensorRT profile's largest batch.
+        """
+        spec = self.bundle.spec
+        ids, mask = self._text.encode(captions)
+        rows = np.asarray(image_of, dtype=np.int64)
+        if self._graphs is not None:
+            encoding = self._graphs.encodings_of(
+                images, lambda missing: preprocess_images(missing, spec.image)
+            )
+            return _probabilities(self._graphs.score([e[rows] for e in encoding], ids, mask))
+        pixels = preprocess_images(images, spec.image)
+        step = len(rows)
+        profile = spec.tensorrt_profile
+        if self.provider == ORT_PROVIDERS["tensorrt"] and profile:
+            step = profile["batch"][2]
+        return np.concatenate(
+            [
+                self.infer(pixels[rows[i : i + step]], ids[i : i + step], mask[i : i + step])
+                for i in range(0, len(rows), step)
+            ]
+        )
+
+
+def _probabilities(scores: np.ndarray) -> np.ndarray:
+    """`scores` with every value outside [0, 1] made NaN: the model gave no probability."""
+    return np.where((scores >= 0.0) & (scores <= 1.0), scores, np.nan)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from worker.explain import Explanation
+
 __all__ = [
     "FLAG_NAMESPACE",
     "Outcome",
@@ -79,12 +81,16 @@ class Record:
 class ReviewContent:
     """What a moderator needs to judge a mismatch without another system.
 
-    Inline images keep a small JPEG thumbnail; URL images keep their URL.
+    Every picture the model scored keeps a small JPEG thumbnail, and URL images their
+    URL too. `explanation` says which words of the caption the image contradicts, when
+    the scorer explains; `author_id` who posted it, when the event says.
     """
 
     caption: str
     image_url: str | None
     thumbnail: bytes | None
+    explanation: Explanation | None = None
+    author_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,11 @@ class Outcome:
     verdict: Verdict | None
     dead_letter: dict[str, Any] | None
     review: ReviewContent | None = None
+
+    @property
+    def explanation(self) -> Explanation | None:
+        """Which words of the caption the image contradicts, for an explained mismatch."""
+        return self.review.explanation if self.review is not None else None
 
 
 def last_outcomes(outcomes: Sequence[Outcome]) -> list[Outcome]:

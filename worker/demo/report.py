@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
@@ -39,10 +40,17 @@ class Row:
     error_code: str | None
     model_id: str
     """The model that scored the post, as its verdict row records it."""
+    explanation: dict[str, Any] | None = None
+    """Which words of the caption the picture contradicts, as the review item keeps it."""
 
     @property
     def agrees(self) -> bool:
         return self.verdict == ("match" if self.sample.expected_match else "mismatch")
+
+    @property
+    def contradicted(self) -> list[str]:
+        """The phrases the picture contradicts, the most contradicted first."""
+        return [c["text"] for c in (self.explanation or {}).get("culprits", [])]
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -56,6 +64,8 @@ def format_table(rows: Sequence[Row]) -> str:
         expected = "match" if row.sample.expected_match else "mismatch"
         score = "-" if row.score is None else f"{row.score:.3f}"
         mark = "" if row.agrees else "  (differs)"
+        if row.contradicted:
+            mark += "  contradicts " + ", ".join(f'"{text}"' for text in row.contradicted)
         lines.append(
             f"{row.post_id:<{width}} {caption:<44} {expected:<9} {score:>6}  {row.verdict}{mark}"
         )
