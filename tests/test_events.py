@@ -22,10 +22,13 @@ def _event(**fields: object) -> bytes:
 
 
 def test_valid_event_parses() -> None:
-    """A valid event gives its fields, the image bytes decoded and the time parsed."""
+    """A valid event gives its fields, the image bytes decoded, the time parsed and the
+    author when it names one."""
     event = parse_post_event(_event(created_at="2026-11-28T10:00:00Z", author_id="u", metadata={}))
     assert (event.post_id, event.caption, event.image.data) == ("p1", "a cat", b"\x89PNG fake")
     assert event.created_at == datetime(2026, 11, 28, 10, tzinfo=UTC)
+    assert event.author_id == "u"
+    assert parse_post_event(_event()).author_id is None
 
 
 def test_url_event_parses() -> None:

@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from worker.config import Settings
 from worker.errors import BatchAbandoned, DatabaseUnavailable
@@ -16,6 +18,7 @@ from worker.handler import BatchHandler
 from worker.messages import validator
 from worker.metrics import Metrics
 from worker.progress import BatchProgress, Step
+from worker.shadow import Shadow
 from worker.testing import FakeScorer, post_event, shape_image
 from worker.verdicts import Outcome, Record
 
@@ -171,3 +174,73 @@ def test_each_step_of_a_batch_is_marked_for_the_health_probes() -> None:
         {"delivery": Step("publish", since=3.0)},
     ]
     assert progress.steps == {}
+
+
+def test_pictures_are_fitted_and_thumbnailed_off_the_model_thread(monkeypatch) -> None:
+    """The model's thread gets pictures already fitted to its input and makes no
+    thumbnail: both happen on the decode pool; the stored review item still has one."""
+    import threading
+
+    from worker import judge as judge_module
+
+    threads: dict[str, set[str]] = {"fit": set(), "score": set(), "thumbnail": set()}
+    sizes: list[tuple[int, int]] = []
+
+    def seen(what: str) -> None:
+        threads[what].add(threading.current_thread().name.rsplit("_", 1)[0])
+
+    class Fitting(FakeScorer):
+        def fit(self, image: Image.Image) -> Image.Image:
+            seen("fit")
+            return image.resize((24, 24))
+
+        def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+            seen("score")
+            sizes.extend(i.size for i in images)
+            return super().score(images, captions)
+
+    thumbnail = judge_module.thumbnail_jpeg
+
+    def watched_thumbnail(image: Image.Image) -> bytes:
+        seen("thumbnail")
+        return thumbnail(image)
+
+    monkeypatch.setattr(judge_module, "thumbnail_jpeg", watched_thumbnail)
+    store = FakeStore()
+    scorer = Fitting(lambda _, caption: 0.9 if "red" in caption else 0.1, input_size=(24, 24))
+    handler = BatchHandler(Settings(), scorer, store, FakeTopic(), FakeTopic())
+    asyncio.run(handler.handle(_records()))
+    assert threads == {
+        "fit": {"itmguard-decode"},
+        "score": {"itmguard-model"},
+        "thumbnail": {"itmguard-decode"},
+    }
+    assert set(sizes) == {(24, 24)}
+    (queued,) = [o for o in store.batches[0] if o.review is not None]
+    assert queued.review.thumbnail.startswith(b"\xff\xd8")
+
+
+def test_a_shadow_with_a_larger_input_gets_pictures_decoded_for_it() -> None:
+    """Primary at 16 px, shadow at 600 px: pictures are decoded for the shadow's input,
+    fitted down for the primary, and the shadow scores them unfitted."""
+    shadow_sizes: list[tuple[int, int]] = []
+
+    class Large(FakeScorer):
+        def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
+            shadow_sizes.extend(i.size for i in images)
+            return super().score(images, captions)
+
+    class Small(FakeScorer):
+        def fit(self, image: Image.Image) -> Image.Image:
+            return image.resize((16, 16))
+
+    shadow = Shadow(Large(lambda *_: 0.5, model_id="big@1", input_size=(600, 600)), 5, Metrics())
+    primary = Small(lambda *_: 0.9, input_size=(16, 16))
+    image = shape_image("red", "circle", size=2400)
+    records = [Record(post_event("p", "a red circle", image), topic="posts", offset=0)]
+    handler = BatchHandler(
+        Settings(), primary, FakeStore(), FakeTopic(), FakeTopic(), shadow=shadow
+    )
+    asyncio.run(handler.handle(records))
+    # decoded for the primary alone, the 2400 px picture would be reduced to 266 px
+    assert min(min(size) for size in shadow_sizes) >= 600

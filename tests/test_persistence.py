@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,13 @@ def test_a_batch_is_written_in_one_round_trip(database_url: str, tmp_path: Path)
     assert len(requests) == 1, sent
     assert not any("BEGIN" in m or "COMMIT" in m for m in sent), sent
     assert len(_rows(engine, "verdicts")) == 9 and len(_rows(engine, "review_items")) == 6
+
+
+def test_the_author_of_a_queued_post_is_stored_with_its_review_item(engine: sa.Engine) -> None:
+    """A mismatch whose event named its author keeps the author on the review item, where
+    the review page counts the author's recent flags."""
+    outcome = _outcome("p1", "mismatch", 0.1)
+    assert outcome.review is not None
+    authored = replace(outcome, review=replace(outcome.review, author_id="user-7"))
+    write_outcomes(engine, [authored])
+    assert [r.author_id for r in _rows(engine, "review_items")] == ["user-7"]

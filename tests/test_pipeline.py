@@ -223,6 +223,14 @@ def test_trained_model_flags_generated_mismatches_end_to_end(
     flagged = {pid for pid, v in verdicts.items() if v == "mismatch"}
     flags = [json.loads(v) for v in consume(broker, f"{name}-flags", expect=len(flagged))]
     assert {f["post_id"] for f in flags} == flagged
+    # each flag says which words of its caption the picture contradicts
+    captions = {doc["post_id"]: doc["caption"] for doc in docs}
+    for flag in flags:
+        for phrase in flag["explanation"]["phrases"]:
+            caption = captions[flag["post_id"]]
+            assert caption[phrase["start"] : phrase["end"]] == phrase["text"]
+    for flag in flags:
+        validator("verdict.v1").validate(flag)
     assert worker.stop() == 0
 
 

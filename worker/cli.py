@@ -132,7 +132,8 @@ def score(
     for outcomes in judge_batches(batches, scorer, ImageFetcher(limits), limits):
         for outcome in outcomes:
             if outcome.verdict is not None:
-                click.echo(encode(verdict_message(outcome.verdict)).decode("utf-8"))
+                message = verdict_message(outcome.verdict, outcome.explanation)
+                click.echo(encode(message).decode("utf-8"))
             else:
                 assert outcome.dead_letter is not None
                 click.echo(

@@ -22,8 +22,8 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     cores = len(os.sched_getaffinity(0))
     try:
         quota, period = cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
-        return max(cores, 1)
-    if quota != "max":
-        cores = min(cores, math.ceil(int(quota) / int(period)))
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        pass  # no cgroup v2 limit to read: the affinity stands
     return max(cores, 1)

@@ -38,6 +38,8 @@ class PostEvent:
     caption: str
     image: ImageSource
     created_at: datetime | None
+    author_id: str | None = None
+    """Who posted it, when the platform says: the review page counts their recent flags."""
 
 
 def _decode_json(payload: bytes) -> Any:
@@ -105,4 +107,5 @@ def parse_post_event(payload: bytes) -> PostEvent:
         caption=doc["caption"],
         image=source,
         created_at=datetime.fromisoformat(created) if created else None,
+        author_id=doc.get("author_id") or None,
     )

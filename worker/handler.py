@@ -12,6 +12,7 @@ that, and not before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from worker.config import Settings
 from worker.cores import usable_cores
 from worker.errors import BrokerUnavailable
 from worker.fetch import ImageFetcher
-from worker.judge import Prepared, prepare, score_prepared
+from worker.judge import Prepared, add_thumbnails, prepare, score_prepared
 from worker.messages import encode, verdict_message
 from worker.metrics import Metrics
 from worker.progress import BatchProgress
@@ -65,6 +66,7 @@ class Judged:
     """A batch after the model: its outcomes, and when it arrived and was scored."""
 
     records: Sequence[Record]
+    prepared: Prepared
     outcomes: list[Outcome]
     received: float
     score_s: float
@@ -124,6 +126,14 @@ class BatchHandler:
         self.metrics = metrics or Metrics()
         self.progress = progress or BatchProgress()
         self._shadow = shadow
+        # pictures are decoded for the larger input of the primary and the shadow, so that
+        # neither model gets one reduced below its input; at full size if either asks
+        sizes = [scorer.input_size, *([shadow.scorer.input_size] if shadow else [])]
+        self._input_size = (
+            None
+            if any(size is None for size in sizes)
+            else (max(s[0] for s in sizes if s), max(s[1] for s in sizes if s))
+        )
 
     def _give_up(self) -> bool:
         """True once the worker has been stopping for longer than the shutdown grace."""
@@ -154,7 +164,8 @@ class BatchHandler:
                 records,
                 self.fetcher,
                 self._settings.fetch_limits,
-                input_size=self._scorer.input_size,
+                input_size=self._input_size,
+                fit=self._scorer.fit,
                 executor=self._decoders,
             )
         finally:
@@ -168,14 +179,15 @@ class BatchHandler:
         self.progress.enter("score")
         try:
             shadowing = self._shadow.start(batch.prepared) if self._shadow else None
-            outcomes = await loop.run_in_executor(
-                self._model, score_prepared, batch.prepared, self._scorer
+            score = functools.partial(
+                score_prepared, batch.prepared, self._scorer, thumbnails=False
             )
+            outcomes = await loop.run_in_executor(self._model, score)
             score_s = time.monotonic() - batch.received
             shadow = await self._shadow.outcomes(shadowing) if self._shadow else []
         finally:
             self.progress.leave("score")
-        return Judged(batch.records, outcomes, batch.received, score_s, shadow)
+        return Judged(batch.records, batch.prepared, outcomes, batch.received, score_s, shadow)
 
     async def deliver(self, judged: Judged) -> None:
         """Write the batch's verdicts, then publish its flags and dead letters; returns once
@@ -193,7 +205,9 @@ class BatchHandler:
 
     async def _deliver(self, judged: Judged) -> None:
         loop = asyncio.get_running_loop()
-        outcomes, shadow = judged.outcomes, judged.shadow
+        # review thumbnails are made here, on the decode pool, not on the model's thread
+        outcomes = await add_thumbnails(judged.outcomes, judged.prepared, self._decoders)
+        shadow = judged.shadow
         final = last_outcomes(outcomes)
         _log_outcomes(outcomes)
 
@@ -249,7 +263,7 @@ class BatchHandler:
                 verdict = outcome.verdict
                 if verdict is not None and verdict.verdict == "mismatch":
                     key = verdict.post_id.encode() if verdict.post_id else None
-                    message = encode(verdict_message(verdict))
+                    message = encode(verdict_message(verdict, outcome.explanation))
                     pending.append(await self._flags.send(key=key, value=message))
             for outcome in outcomes:
                 if outcome.dead_letter is not None:

@@ -17,7 +17,7 @@ import asyncio
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +27,7 @@ from PIL import Image
 from worker.config import FetchLimits
 from worker.errors import InferenceFailed, InputError
 from worker.events import PostEvent, parse_post_event, peek_post_id
+from worker.explain import Explanation, explain_batch
 from worker.images import decode_image, decode_size, thumbnail_jpeg
 from worker.messages import dead_letter_message
 from worker.verdicts import Outcome, Record, ReviewContent, Verdict, decide
@@ -34,11 +35,23 @@ from worker.verdicts import Outcome, Record, ReviewContent, Verdict, decide
 if TYPE_CHECKING:
     from worker.scoring import Scorer
 
-__all__ = ["Clock", "Fetcher", "Prepared", "judge", "judge_batches", "prepare", "score_prepared"]
+__all__ = [
+    "Clock",
+    "Fetcher",
+    "Fit",
+    "Prepared",
+    "add_thumbnails",
+    "judge",
+    "judge_batches",
+    "prepare",
+    "score_prepared",
+]
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+Fit = Callable[[Image.Image], Image.Image]
+"""A decoded picture as a model's input takes it: `Scorer.fit`."""
 
 
 class Fetcher(Protocol):
@@ -59,11 +72,16 @@ def _utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class _Ready:
-    """A record whose picture decoded: all the model needs."""
+    """A record whose picture decoded: all the model needs.
+
+    `image` is the decoded picture (reduced to what the models and the review
+    thumbnail need); `fitted` is it as the primary model's input takes it.
+    """
 
     record: Record
     event: PostEvent
     image: Image.Image
+    fitted: Image.Image
 
 
 @dataclass(frozen=True)
@@ -96,7 +114,7 @@ async def judge(
     URL images are fetched on the loop, each distinct URL once.
     """
     prepared = await prepare(
-        records, fetcher, limits, input_size=scorer.input_size, executor=executor
+        records, fetcher, limits, input_size=scorer.input_size, fit=scorer.fit, executor=executor
     )
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, score_prepared, prepared, scorer, clock)
@@ -114,17 +132,36 @@ def judge_batches(
             runner.run(fetcher.close())
 
 
+async def add_thumbnails(
+    outcomes: Sequence[Outcome], prepared: Prepared, executor: Executor | None = None
+) -> list[Outcome]:
+    """`outcomes` with the review thumbnails `score_prepared(thumbnails=False)` left out,
+    each made in `executor` from the decoded picture of its record."""
+    loop = asyncio.get_running_loop()
+
+    async def complete(outcome: Outcome, item: _Ready | _Rejected) -> Outcome:
+        review = outcome.review
+        if review is None or review.thumbnail is not None or not isinstance(item, _Ready):
+            return outcome
+        thumbnail = await loop.run_in_executor(executor, thumbnail_jpeg, item.image)
+        return replace(outcome, review=replace(review, thumbnail=thumbnail))
+
+    return list(await asyncio.gather(*map(complete, outcomes, prepared)))
+
+
 async def prepare(
     records: Sequence[Record],
     fetcher: Fetcher,
     limits: FetchLimits,
     *,
     input_size: tuple[int, int] | None,
+    fit: Fit | None = None,
     executor: Executor | None = None,
 ) -> Prepared:
-    """Parse every record, fetch its picture and decode it no larger than `input_size`
-    needs; each picture is decoded as its own task in `executor`, so a pool of threads
-    decodes a batch in parallel (Pillow releases the GIL while it decodes and resizes)."""
+    """Parse every record, fetch its picture, decode it no larger than `input_size` needs
+    and `fit` it to the model's input; each picture is its own task in `executor`, so a
+    pool of threads decodes a batch in parallel (Pillow releases the GIL while it decodes
+    and resizes) and the model's thread is left only the model."""
     loop = asyncio.get_running_loop()
     parsed = await loop.run_in_executor(executor, _parse_all, records)
     events = [e for _, e in parsed if isinstance(e, PostEvent)]
@@ -133,21 +170,38 @@ async def prepare(
     min_size = None if input_size is None else decode_size(input_size)
     return await asyncio.gather(
         *(
-            loop.run_in_executor(executor, _decode, item, limits, fetched, min_size)
+            loop.run_in_executor(executor, _decode, item, limits, fetched, min_size, fit)
             for item in parsed
         )
     )
 
 
-def score_prepared(prepared: Prepared, scorer: Scorer, clock: Clock = _utc_now) -> list[Outcome]:
+def score_prepared(
+    prepared: Prepared,
+    scorer: Scorer,
+    clock: Clock = _utc_now,
+    *,
+    fitted: bool = True,
+    thumbnails: bool = True,
+) -> list[Outcome]:
     """One outcome per entry of `prepared`, in its order: all decoded pictures of the batch
-    go to the model in one call."""
+    go to the model in one call, and the caption variants that explain its mismatches in
+    one more (`worker.explain`).
+
+    `fitted=False` scores the decoded pictures rather than those fitted to the primary
+    model (a shadow model's input may differ). `thumbnails=False` leaves the review items'
+    thumbnails to `add_thumbnails`, off the model's thread.
+    """
     ready = [item for item in prepared if isinstance(item, _Ready)]
-    scores = iter(_score_all(ready, scorer))
+    images = [item.fitted if fitted else item.image for item in ready]
+    captions = [item.event.caption for item in ready]
+    scored = _score_all(images, captions, scorer)
+    explained = explain_batch(scorer, images, captions, scored)
+    scores = iter(zip(scored, explained, strict=True))
     outcomes = []
     for item in prepared:
         if isinstance(item, _Ready):
-            outcomes.append(_scored(item, next(scores), scorer, clock()))
+            outcomes.append(_scored(item, *next(scores), scorer, clock(), thumbnails))
         else:
             outcomes.append(
                 _failed(item.record, item.post_id, item.error, scorer, clock(), item.event)
@@ -170,6 +224,7 @@ def _decode(
     limits: FetchLimits,
     fetched: Mapping[str, bytes | InputError],
     min_size: tuple[int, int] | None,
+    fit: Fit | None,
 ) -> _Ready | _Rejected:
     record, event = item
     if isinstance(event, InputError):
@@ -180,21 +235,22 @@ def _decode(
         return _Rejected(record, event.post_id, event, data)
     assert data is not None
     try:
-        return _Ready(record, event, decode_image(data, limits, min_size=min_size))
+        image = decode_image(data, limits, min_size=min_size)
     except InputError as exc:
         return _Rejected(record, event.post_id, event, exc)
+    return _Ready(record, event, image, image if fit is None else fit(image))
 
 
-def _score_all(items: list[_Ready], scorer: Scorer) -> list[float]:
-    """One score per item; a batch that raises is retried one pair at a time."""
-    if not items:
+def _score_all(
+    images: Sequence[Image.Image], captions: Sequence[str], scorer: Scorer
+) -> list[float]:
+    """One score per pair; a batch that raises is retried one pair at a time."""
+    if not images:
         return []
-    images = [item.image for item in items]
-    captions = [item.event.caption for item in items]
     try:
         return [float(s) for s in scorer.score(images, captions)]
     except Exception as exc:  # noqa: BLE001 - the model's own errors are not ours to name
-        log.warning("batch_inference_failed", size=len(items), error=type(exc).__name__)
+        log.warning("batch_inference_failed", size=len(images), error=type(exc).__name__)
     return [
         _score_one(scorer, image, caption) for image, caption in zip(images, captions, strict=True)
     ]
@@ -213,7 +269,14 @@ def _event_time(record: Record, event: PostEvent | None) -> datetime | None:
     return record.timestamp
 
 
-def _scored(item: _Ready, score: float, scorer: Scorer, now: datetime) -> Outcome:
+def _scored(
+    item: _Ready,
+    score: float,
+    explanation: Explanation | None,
+    scorer: Scorer,
+    now: datetime,
+    thumbnail: bool,
+) -> Outcome:
     if math.isnan(score):
         exc = InferenceFailed("the model gave no probability for this pair")
         return _failed(item.record, item.event.post_id, exc, scorer, now, item.event)
@@ -234,7 +297,9 @@ def _scored(item: _Ready, score: float, scorer: Scorer, now: datetime) -> Outcom
         review = ReviewContent(
             caption=item.event.caption,
             image_url=item.event.image.url,
-            thumbnail=thumbnail_jpeg(item.image),
+            thumbnail=thumbnail_jpeg(item.image) if thumbnail else None,
+            author_id=item.event.author_id,
+            explanation=explanation,
         )
     return Outcome(item.record, verdict, None, review)
 

@@ -58,6 +58,8 @@ def open_scorer(settings: Settings, role: Role = "primary") -> OnnxScorer:
             cpu_memory_arena=settings.cpu_memory_arena,
             require_provider=settings.require_provider,
             tensorrt=settings.tensorrt,
+            # a shadow's verdicts are only stored: explaining its mismatches would be wasted
+            explain_variants=0 if shadow else settings.explain_variants,
         )
     check_max_batch(bundle.spec, scorer.provider, settings.max_batch)
     return scorer

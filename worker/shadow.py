@@ -66,7 +66,8 @@ class Shadow:
     def _score(self, prepared: Prepared) -> list[Outcome]:
         """One outcome per post, its verdict marked as the shadow's; no review item, flag or
         dead letter comes of it."""
-        final = last_outcomes(score_prepared(prepared, self.scorer))
+        scored = score_prepared(prepared, self.scorer, fitted=False, thumbnails=False)
+        final = last_outcomes(scored)
         verdicts = [replace(o.verdict, role="shadow") for o in final if o.verdict is not None]
         failed = sum(v.error_code == InferenceFailed.code for v in verdicts)
         if failed:

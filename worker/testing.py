@@ -112,6 +112,9 @@ class FakeScorer:
     input_size: tuple[int, int] | None = None
     calls: list[int] = field(default_factory=list)
 
+    def fit(self, image: Image.Image) -> Image.Image:
+        return image
+
     def score(self, images: Sequence[Image.Image], captions: Sequence[str]) -> np.ndarray:
         self.calls.append(len(images))
         return np.asarray([self.rule(i, c) for i, c in zip(images, captions, strict=True)])
