@@ -47,23 +47,40 @@ def main() -> None:
         bundle = root / "bundle"
         export_blip(make_tiny_checkpoint(root / "ckpt"), bundle, progress=lambda _: None)
     scorer = OnnxScorer(load_bundle(bundle), providers=("cpu",))
+    figures = measure(scorer, args.batch, args.repeat)
+    print(f"model {scorer.model_id}, batch {args.batch}, best of {args.repeat}")
+    print(
+        f"clean: {figures['good']} good events in {figures['clean_s']:.2f}s "
+        f"= {figures['clean_per_s']:.0f} good events/s"
+    )
+    print(
+        f"mixed: {figures['good']} good + {figures['bad']} bad in {figures['mixed_s']:.2f}s "
+        f"= {figures['mixed_per_s']:.0f} good events/s"
+    )
+    print(f"ratio mixed/clean: {figures['ratio']:.2f} (target >= 0.80)")
+
+
+def measure(scorer: OnnxScorer, batch: int = 32, repeat: int = 3) -> dict[str, float]:
+    """Good events per second alone and with the poison corpus interleaved, best of
+    `repeat` runs each, and their ratio."""
     limits = FetchLimits(max_bytes=1_000_000)
     good = [payload for _, payload in pooled_events(500, "good", seed=4)]
     bad = [payload for _, _, payload in poison_corpus()]
     mixed: list[bytes] = []
     for i in range(max(len(good), len(bad))):
         mixed += good[i : i + 1] + bad[i : i + 1]
-    _run(good[:64], scorer, limits, args.batch)  # warm-up
-    clean = min(_run(good, scorer, limits, args.batch) for _ in range(args.repeat))
-    poisoned = min(_run(mixed, scorer, limits, args.batch) for _ in range(args.repeat))
-    clean_rate, mixed_rate = len(good) / clean, len(good) / poisoned
-    print(f"model {scorer.model_id}, batch {args.batch}, best of {args.repeat}")
-    print(f"clean: {len(good)} good events in {clean:.2f}s = {clean_rate:.0f} good events/s")
-    print(
-        f"mixed: {len(good)} good + {len(bad)} bad in {poisoned:.2f}s "
-        f"= {mixed_rate:.0f} good events/s"
-    )
-    print(f"ratio mixed/clean: {mixed_rate / clean_rate:.2f} (target >= 0.80)")
+    _run(good[:64], scorer, limits, batch)  # warm-up
+    clean = min(_run(good, scorer, limits, batch) for _ in range(repeat))
+    poisoned = min(_run(mixed, scorer, limits, batch) for _ in range(repeat))
+    return {
+        "good": len(good),
+        "bad": len(bad),
+        "clean_s": clean,
+        "mixed_s": poisoned,
+        "clean_per_s": len(good) / clean,
+        "mixed_per_s": len(good) / poisoned,
+        "ratio": clean / poisoned,
+    }
 
 
 if __name__ == "__main__":
