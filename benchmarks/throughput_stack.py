@@ -143,31 +143,28 @@ def _commits(url: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return commits, events
 
 
-def _flagged(url: str, prefix: str) -> float:
-    """The share of `prefix`'s posts the model in service called a mismatch."""
+def _over_posts(url: str, prefix: str, aggregate: str, role: str) -> float:
+    """`aggregate` (SQL) over the verdict rows of `prefix`'s posts written by `role`."""
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     with engine.connect() as conn:
-        share = conn.execute(
+        value = conn.execute(
             sa.text(
-                "SELECT avg((verdict = 'mismatch')::int) FROM verdicts"
-                " WHERE post_id LIKE :prefix AND role = 'primary'"
+                f"SELECT {aggregate} FROM verdicts WHERE post_id LIKE :prefix AND role = :role"
             ),
-            {"prefix": f"{prefix}-%"},
+            {"prefix": f"{prefix}-%", "role": role},
         ).scalar_one()
     engine.dispose()
-    return float(share or 0.0)
+    return float(value or 0.0)
+
+
+def _flagged(url: str, prefix: str) -> float:
+    """The share of `prefix`'s posts the model in service called a mismatch."""
+    return _over_posts(url, prefix, "avg((verdict = 'mismatch')::int)", "primary")
 
 
 def _shadowed(url: str, prefix: str) -> int:
     """How many of `prefix`'s posts a shadow model gave a verdict for."""
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    with engine.connect() as conn:
-        count = conn.execute(
-            sa.text("SELECT count(*) FROM verdicts WHERE post_id LIKE :prefix AND role = 'shadow'"),
-            {"prefix": f"{prefix}-%"},
-        ).scalar_one()
-    engine.dispose()
-    return int(count)
+    return int(_over_posts(url, prefix, "count(*)", "shadow"))
 
 
 def _wait(
