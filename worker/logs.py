@@ -62,5 +62,8 @@ def configure_logging(level: str) -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # not cached: a logger resolves its configuration on each call, so that one
+        # configured later (structlog.testing.capture_logs among them) reaches every
+        # module's logger; the worker logs per batch, not per post, so it costs nothing
+        cache_logger_on_first_use=False,
     )
