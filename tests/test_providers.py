@@ -117,12 +117,13 @@ def test_a_required_provider_this_onnxruntime_lacks_is_refused_clearly() -> None
     assert "onnxruntime-gpu" in message and "docs/gpu-setup.md" in message
 
 
-def test_the_scorer_refuses_a_required_provider_before_loading_the_model() -> None:
-    """OnnxScorer with require_provider=cuda on this machine's onnxruntime (no CUDA) stops with
-    the same ConfigError; requiring the CPU scores on it."""
+def test_the_scorer_refuses_a_required_provider_before_loading_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OnnxScorer with require_provider=cuda on an onnxruntime that offers only the CPU stops
+    with the same ConfigError; requiring the CPU scores on it."""
     bundle = load_bundle(SHAPES_BUNDLE)
-    if ORT_PROVIDERS["cuda"] in ort.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [ORT_PROVIDERS["cpu"]])
     with pytest.raises(ConfigError, match="REQUIRE_PROVIDER='cuda'"):
         OnnxScorer(bundle, require_provider="cuda")
     assert OnnxScorer(bundle, require_provider="cpu").provider == ORT_PROVIDERS["cpu"]
